@@ -1,0 +1,287 @@
+//! From ABI calls to trait methods: decode the request of either protocol, run the agent,
+//! encode the answer in the caller's protocol.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use agent_plugin_abi::method;
+use bytes::Bytes;
+use prost::Message;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    context::Shared,
+    flyte::{admin, core},
+    json, wire, AgentError, AsyncAgent, Context, Literals, LogStream, LogsQuery, MetricsQuery, Phase, Protocol, Resource, SyncAgent,
+    TaskRequest,
+};
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One agent, its types erased, as the plugin's runtime drives it.
+pub(crate) trait Dispatch: Send + Sync {
+    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Vec<u8>, AgentError>>;
+    fn logs(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<LogStream, AgentError>>;
+}
+
+fn protocol_of(method: u32) -> Protocol {
+    if method >= method::V2_CREATE {
+        Protocol::V2
+    } else {
+        Protocol::V1
+    }
+}
+
+fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, AgentError> {
+    M::decode(bytes).map_err(|e| AgentError::invalid(format!("{what} does not decode: {e}")))
+}
+
+/// Reads a CreateTask request of either protocol.
+fn task_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Context, TaskRequest), AgentError> {
+    match method {
+        method::V1_CREATE => {
+            let r: wire::CreateV1 = decode(request, "CreateTaskRequest")?;
+            let task = TaskRequest {
+                template: r.template.unwrap_or_default(),
+                inputs: r.inputs.map(Literals::from).unwrap_or_default(),
+                output_prefix: r.output_prefix,
+                metadata: r.task_execution_metadata.unwrap_or_default(),
+            };
+            Ok((Context::new(shared.clone(), Protocol::V1), task))
+        }
+        method::V2_CREATE => {
+            let r: wire::CreateV2 = decode(request, "CreateTaskRequest")?;
+            let inputs =
+                r.inputs.map(|i| i.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect()).unwrap_or_default();
+            let task = TaskRequest {
+                template: r.template.unwrap_or_default(),
+                inputs,
+                output_prefix: r.output_prefix,
+                metadata: r.task_execution_metadata.unwrap_or_default(),
+            };
+            Ok((with_connection(Context::new(shared.clone(), Protocol::V2), r.connection), task))
+        }
+        method::V1_EXECUTE => {
+            let r: wire::Execute = decode(request, "ExecuteTaskSync request")?;
+            let header = r.header.unwrap_or_default();
+            let task = TaskRequest {
+                template: header.template.unwrap_or_default(),
+                inputs: r.inputs.map(Literals::from).unwrap_or_default(),
+                output_prefix: header.output_prefix,
+                metadata: header.task_execution_metadata.unwrap_or_default(),
+            };
+            Ok((Context::new(shared.clone(), Protocol::V1), task))
+        }
+        other => Err(AgentError::invalid(format!("method {other} is not a task creation"))),
+    }
+}
+
+fn with_connection(mut ctx: Context, connection: Option<wire::Connection>) -> Context {
+    if let Some(c) = connection {
+        ctx.secrets = c.secrets;
+        ctx.configs = c.configs;
+    }
+    ctx
+}
+
+/// Reads the resource meta (and v2 connection) of a Get or Delete request.
+fn meta_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Context, Bytes), AgentError> {
+    let r: wire::MetaRequest = decode(request, "request")?;
+    Ok((with_connection(Context::new(shared.clone(), protocol_of(method)), r.connection), r.resource_meta))
+}
+
+/// The resource meta of a sync agent's result: a prefix JSON never starts with, then the
+/// encoded Flyte 2 `Resource` (which keeps the outputs' order).
+const SYNC_RESULT: &[u8] = b"\0agent-host/sync-result\0";
+
+fn decode_meta<M: DeserializeOwned>(meta: &[u8]) -> Result<M, AgentError> {
+    serde_json::from_slice(meta).map_err(|e| {
+        AgentError::precondition(format!(
+            "resource meta is not one this agent version can read ({e}); it was written by another agent or format"
+        ))
+    })
+}
+
+fn state_of(phase: Phase) -> admin::State {
+    match phase {
+        Phase::Queued | Phase::Initializing | Phase::WaitingForResources => admin::State::Pending,
+        Phase::Running => admin::State::Running,
+        Phase::Succeeded => admin::State::Succeeded,
+        Phase::Failed | Phase::Aborted => admin::State::PermanentFailure,
+        Phase::RetryableFailed | Phase::Undefined => admin::State::RetryableFailure,
+    }
+}
+
+/// A resource as Flyte 1's `Resource`.
+fn resource_v1(r: Resource) -> admin::Resource {
+    admin::Resource {
+        // Mirrored for clients older than `phase` (propeller reads it when phase is UNDEFINED).
+        #[allow(deprecated)]
+        state: state_of(r.phase) as i32,
+        outputs: r.outputs.map(|o| o.to_literal_map()),
+        message: r.message,
+        log_links: r.log_links,
+        phase: r.phase as i32,
+        custom_info: custom_info(r.custom_info),
+        agent_error: None,
+    }
+}
+
+/// A resource as Flyte 2's `Resource`; outputs keep their order. Also the stored form of a
+/// sync agent's result.
+fn resource_v2(r: Resource) -> wire::ResourceV2 {
+    wire::ResourceV2 {
+        outputs: r.outputs.map(|o| wire::NamedLiterals {
+            literals: o.into_vec().into_iter().map(|(name, value)| wire::NamedLiteral { name, value: Some(value) }).collect(),
+        }),
+        message: r.message,
+        log_links: r.log_links,
+        phase: r.phase as i32,
+        custom_info: custom_info(r.custom_info),
+    }
+}
+
+/// Back from the stored form.
+fn from_v2(r: wire::ResourceV2) -> Resource {
+    let custom_info = match r.custom_info.as_ref().map(json::struct_to_json) {
+        Some(serde_json::Value::Object(m)) => m.into_iter().collect(),
+        _ => Default::default(),
+    };
+    Resource {
+        phase: Phase::try_from(r.phase).unwrap_or(Phase::Undefined),
+        message: r.message,
+        outputs: r.outputs.map(|o| o.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect()),
+        log_links: r.log_links,
+        custom_info,
+    }
+}
+
+fn custom_info(info: std::collections::BTreeMap<String, serde_json::Value>) -> Option<prost_types::Struct> {
+    (!info.is_empty()).then(|| json::json_to_struct(&serde_json::Value::Object(info.into_iter().collect())))
+}
+
+fn encode_get(protocol: Protocol, r: Resource) -> Vec<u8> {
+    match protocol {
+        Protocol::V1 => admin::GetTaskResponse { resource: Some(resource_v1(r)) }.encode_to_vec(),
+        Protocol::V2 => wire::GetResponseV2 { resource: Some(resource_v2(r)) }.encode_to_vec(),
+    }
+}
+
+fn encode_create(meta: Vec<u8>) -> Vec<u8> {
+    admin::CreateTaskResponse { resource_meta: meta.into() }.encode_to_vec()
+}
+
+fn encode_metrics(results: Vec<core::ExecutionMetricResult>) -> Vec<u8> {
+    admin::GetTaskMetricsResponse { results }.encode_to_vec()
+}
+
+fn metrics_query(request: Bytes) -> Result<(Bytes, MetricsQuery), AgentError> {
+    let r: wire::MetricsRequest = decode(request, "GetTaskMetricsRequest")?;
+    Ok((r.resource_meta, MetricsQuery { queries: r.queries, start_time: r.start_time, end_time: r.end_time, step: r.step }))
+}
+
+fn logs_query(request: Bytes) -> Result<(Bytes, LogsQuery), AgentError> {
+    let r: wire::LogsRequest = decode(request, "GetTaskLogsRequest")?;
+    Ok((r.resource_meta, LogsQuery { lines: r.lines, token: r.token }))
+}
+
+/// An [`AsyncAgent`] behind [`Dispatch`].
+pub(crate) struct AsyncAdapter<A>(pub A);
+
+impl<A: AsyncAgent> Dispatch for AsyncAdapter<A> {
+    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Vec<u8>, AgentError>> {
+        Box::pin(async move {
+            let agent = &self.0;
+            match method {
+                method::V1_CREATE | method::V2_CREATE => {
+                    let (ctx, task) = task_request(&shared, method, request)?;
+                    let meta = agent.create(&ctx, task).await?;
+                    Ok(encode_create(serde_json::to_vec(&meta)?))
+                }
+                method::V1_GET | method::V2_GET => {
+                    let (ctx, meta) = meta_request(&shared, method, request)?;
+                    let resource = agent.get(&ctx, decode_meta(&meta)?).await?;
+                    Ok(encode_get(ctx.protocol(), resource))
+                }
+                method::V1_DELETE | method::V2_DELETE => {
+                    let (ctx, meta) = meta_request(&shared, method, request)?;
+                    agent.delete(&ctx, decode_meta(&meta)?).await?;
+                    Ok(Vec::new())
+                }
+                method::V1_METRICS | method::V2_METRICS => {
+                    let ctx = Context::new(shared.clone(), protocol_of(method));
+                    let (meta, query) = metrics_query(request)?;
+                    Ok(encode_metrics(agent.metrics(&ctx, decode_meta(&meta)?, query).await?))
+                }
+                method::V1_EXECUTE => {
+                    Err(AgentError::invalid(format!("{} is an asynchronous agent: call CreateTask, not ExecuteTaskSync", A::NAME)))
+                }
+                other => Err(AgentError::unimplemented(format!("method {other} is not served by {}", A::NAME))),
+            }
+        })
+    }
+
+    fn logs(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<LogStream, AgentError>> {
+        Box::pin(async move {
+            let ctx = Context::new(shared, protocol_of(method));
+            let (meta, query) = logs_query(request)?;
+            self.0.logs(&ctx, decode_meta(&meta)?, query).await
+        })
+    }
+}
+
+/// A [`SyncAgent`] behind [`Dispatch`].
+pub(crate) struct SyncAdapter<S>(pub S);
+
+impl<S: SyncAgent> Dispatch for SyncAdapter<S> {
+    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Vec<u8>, AgentError>> {
+        Box::pin(async move {
+            let agent = &self.0;
+            match method {
+                method::V1_EXECUTE => {
+                    let (ctx, task) = task_request(&shared, method, request)?;
+                    let resource = resource_v1(agent.execute(&ctx, task).await?);
+                    let header = admin::ExecuteTaskSyncResponseHeader { resource: Some(resource) };
+                    Ok(admin::ExecuteTaskSyncResponse { res: Some(admin::execute_task_sync_response::Res::Header(header)) }.encode_to_vec())
+                }
+                method::V1_CREATE | method::V2_CREATE => {
+                    let (ctx, task) = task_request(&shared, method, request)?;
+                    let resource = resource_v2(agent.execute(&ctx, task).await?);
+                    let mut meta = SYNC_RESULT.to_vec();
+                    resource.encode(&mut meta).expect("a Vec grows as needed");
+                    Ok(encode_create(meta))
+                }
+                method::V1_GET | method::V2_GET => {
+                    let (ctx, meta) = meta_request(&shared, method, request)?;
+                    let Some(stored) = meta.strip_prefix(SYNC_RESULT) else {
+                        return Err(AgentError::precondition(format!("resource meta was not written by {}", S::NAME)));
+                    };
+                    let resource = wire::ResourceV2::decode(stored)
+                        .map_err(|e| AgentError::precondition(format!("stored result does not decode: {e}")))?;
+                    Ok(encode_get(ctx.protocol(), from_v2(resource)))
+                }
+                // Nothing runs after `execute` returned: deleting is always done.
+                method::V1_DELETE | method::V2_DELETE => Ok(Vec::new()),
+                method::V1_METRICS | method::V2_METRICS => Err(AgentError::unimplemented(format!("{} does not report metrics", S::NAME))),
+                other => Err(AgentError::unimplemented(format!("method {other} is not served by {}", S::NAME))),
+            }
+        })
+    }
+
+    fn logs(self: Arc<Self>, _shared: Arc<Shared>, _method: u32, _request: Bytes) -> BoxFuture<Result<LogStream, AgentError>> {
+        Box::pin(async { Err(AgentError::unimplemented(format!("{} does not serve logs", S::NAME))) })
+    }
+}
+
+/// Encodes one item of a log stream: the header first, then one body per batch. Flyte 1 and
+/// Flyte 2 number these fields alike, so one encoding serves both.
+pub(crate) fn encode_log_header(token: &str) -> Vec<u8> {
+    use admin::get_task_logs_response::Part;
+    admin::GetTaskLogsResponse { part: Some(Part::Header(admin::GetTaskLogsResponseHeader { token: token.to_string() })) }.encode_to_vec()
+}
+
+#[allow(deprecated)] // `results` (plain strings) is deprecated; only `structured_lines` is filled.
+pub(crate) fn encode_log_body(lines: Vec<admin::LogLine>) -> Vec<u8> {
+    use admin::get_task_logs_response::Part;
+    admin::GetTaskLogsResponse { part: Some(Part::Body(admin::GetTaskLogsResponseBody { results: Vec::new(), structured_lines: lines })) }
+        .encode_to_vec()
+}
