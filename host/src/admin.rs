@@ -1,0 +1,24 @@
+//! The admin HTTP endpoint on the metrics port: `/plugins` (status JSON) and `/healthz`.
+
+use std::sync::Arc;
+
+use axum::{extract::State, routing::get, Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::Host;
+
+async fn plugins(State(host): State<Arc<Host>>) -> Json<Value> {
+    let files: Vec<_> = host.statuses.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    Json(json!({
+        "plugin_dir": host.config.loader.plugin_dir,
+        "mapped_libraries": host.loader.mapped_libraries(),
+        "files": files,
+    }))
+}
+
+/// Serves the admin endpoints on `listener`.
+pub async fn serve(host: Arc<Host>, listener: TcpListener) -> std::io::Result<()> {
+    let app = Router::new().route("/plugins", get(plugins)).route("/healthz", get(|| async { "ok\n" })).with_state(host);
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,216 @@
+//! The host configuration: one TOML document, layered.
+//!
+//! Layers, later wins: the embedded `config/default.toml`, the file given with `--config`,
+//! environment variables `AGENT_HOST__<TABLE>__<KEY>`, then command-line flags (applied by
+//! `main`). Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Deserialize;
+
+/// The embedded default configuration (every key, documented).
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Ports and limits.
+    pub server: ServerConfig,
+    /// Where plugins come from and how they are loaded.
+    pub loader: LoaderConfig,
+    /// Where plugins' secrets are looked up.
+    pub secrets: SecretsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Per-plugin configuration tables, by plugin name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Bind address.
+    pub host: String,
+    /// gRPC port.
+    pub port: u16,
+    /// Metrics port.
+    pub metrics_port: u16,
+    /// Largest message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// `[loader]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderConfig {
+    /// Plugin directory.
+    pub plugin_dir: PathBuf,
+    /// Private copies; empty means `<temp>/agent-host`.
+    pub work_dir: PathBuf,
+    /// Worker threads per plugin runtime.
+    pub worker_threads: u32,
+    /// Time limit of the child-process check, in ms.
+    pub check_timeout_ms: u64,
+}
+
+/// `[secrets]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// File secrets root.
+    pub dir: PathBuf,
+    /// Environment secrets prefix.
+    pub env_prefix: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: LogFormat,
+    /// A tracing filter.
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration error, naming the key or file at fault.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Deep-merges `over` into `base` (tables merge, anything else replaces).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError(format!("{origin}: {e}")))
+}
+
+/// Reads an environment value as TOML (numbers, booleans, arrays) or else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+impl Config {
+    /// The embedded defaults, then `file`, then `AGENT_HOST__*` variables from `env`.
+    pub fn load(file: Option<&std::path::Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table = parse(DEFAULT_TOML, "embedded default config")?;
+        if let Some(path) = file {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+            merge(&mut table, parse(&text, &path.display().to_string())?);
+        }
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix("AGENT_HOST__") else { continue };
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            let (last, tables) = path.split_last().expect("split yields at least one part");
+            let mut over = toml::Table::new();
+            over.insert(last.clone(), env_value(&raw));
+            for t in tables.iter().rev() {
+                let mut outer = toml::Table::new();
+                outer.insert(t.clone(), toml::Value::Table(over));
+                over = outer;
+            }
+            merge(&mut table, over);
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError(format!("invalid configuration key `{path}`: {}", e.into_inner().message()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_message_bytes < 1024 {
+            return Err(ConfigError("server.max_message_bytes must be at least 1024".into()));
+        }
+        if !(1..=64).contains(&self.loader.worker_threads) {
+            return Err(ConfigError("loader.worker_threads must be between 1 and 64".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError(format!("log.level {:?} is not a valid filter: {e}", self.log.level)))?;
+        Ok(())
+    }
+
+    /// The private copy directory.
+    pub fn work_dir(&self) -> PathBuf {
+        if self.loader.work_dir.as_os_str().is_empty() {
+            std::env::temp_dir().join("agent-host")
+        } else {
+            self.loader.work_dir.clone()
+        }
+    }
+
+    /// The `[plugins.<name>]` table as JSON ("{}" when absent).
+    pub fn plugin_config_json(&self, name: &str) -> String {
+        match self.plugins.get(name) {
+            Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
+            None => "{}".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_flytekits_ports() {
+        let c = Config::load(None, []).unwrap();
+        assert_eq!((c.server.port, c.server.metrics_port), (8000, 9090));
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = std::env::temp_dir().join(format!("agent-host-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[server]\nport = 1234\n[plugins.echo]\ngreeting = \"hi\"\n").unwrap();
+        let c = Config::load(Some(&file), [("AGENT_HOST__SERVER__METRICS_PORT".to_string(), "4321".to_string())]).unwrap();
+        assert_eq!((c.server.port, c.server.metrics_port), (1234, 4321));
+        assert_eq!(c.plugin_config_json("echo"), r#"{"greeting":"hi"}"#);
+        assert_eq!(c.plugin_config_json("other"), "{}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::load(None, [("AGENT_HOST__SERVER__PROT".to_string(), "1".to_string())]).unwrap_err();
+        assert!(err.0.contains("prot") && err.0.contains("server"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::load(None, [("AGENT_HOST__SERVER__PORT".to_string(), "eighty".to_string())]).unwrap_err();
+        assert!(err.0.contains("`server.port`"), "{err}");
+    }
+}

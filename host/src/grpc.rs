@@ -1,0 +1,254 @@
+//! The gRPC surface: Flyte 1 and Flyte 2 services on one port, health and reflection beside.
+//!
+//! The agent services are served with a pass-through codec: tonic frames and unframes the
+//! messages, the host reads only the routing fields and hands the plugin the bytes as received
+//! (no decode, no re-encode, no copy). One [`FlyteService`] type, instantiated once per service
+//! name, routes by method path.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, BufMut, Bytes};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    body::Body,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    server::{Grpc, NamedService, ServerStreamingService, StreamingService, UnaryService},
+    Code, Request, Response, Status, Streaming,
+};
+
+use crate::{
+    error::RpcError,
+    rpc::{service, Kind, Rpc},
+    service::Service,
+};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BoxStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// A codec that moves message bytes through untouched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        // Splits the received buffer: no copy.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// tonic refuses an over-size message with OUT_OF_RANGE; gRPC's other servers (grpc-core,
+/// grpc-go, and so flytekit's) say RESOURCE_EXHAUSTED, which is what Flyte's clients expect.
+pub fn fix_size_status(status: Status) -> Status {
+    if status.code() == Code::OutOfRange {
+        Status::resource_exhausted(status.message().to_string())
+    } else {
+        status
+    }
+}
+
+/// The same fix on a response tonic built itself (trailers-only, status in the headers).
+fn fix_size_response(mut response: http::Response<Body>) -> http::Response<Body> {
+    let out_of_range = (Code::OutOfRange as i32).to_string();
+    if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == out_of_range.as_bytes()) {
+        let code = (Code::ResourceExhausted as i32).to_string();
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_str(&code).expect("digits are a valid header"));
+    }
+    response
+}
+
+/// Names one of the served services (a type per name, for tonic's router).
+pub trait ServiceName: Send + Sync + 'static {
+    /// The full gRPC service name.
+    const NAME: &'static str;
+}
+
+macro_rules! service_names {
+    ($($ty:ident = $name:expr;)*) => {$(
+        #[doc = concat!("`", stringify!($ty), "`: the service name marker.")]
+        #[derive(Debug, Clone, Copy)]
+        pub enum $ty {}
+        impl ServiceName for $ty {
+            const NAME: &'static str = $name;
+        }
+    )*};
+}
+
+service_names! {
+    V1Async = service::V1_ASYNC;
+    V1Sync = service::V1_SYNC;
+    V1Metadata = service::V1_METADATA;
+    V2Async = service::V2_ASYNC;
+    V2Metadata = service::V2_METADATA;
+}
+
+/// Serving limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message, either way.
+    pub max_message_bytes: usize,
+}
+
+/// One Flyte service, dispatching by method path to the shared [`Service`].
+pub struct FlyteService<N> {
+    service: Arc<Service>,
+    limits: Limits,
+    _name: PhantomData<fn() -> N>,
+}
+
+impl<N> FlyteService<N> {
+    /// The service `N`, answering from `service`.
+    pub fn new(service: Arc<Service>, limits: Limits) -> Self {
+        Self { service, limits, _name: PhantomData }
+    }
+}
+
+impl<N> Clone for FlyteService<N> {
+    fn clone(&self) -> Self {
+        Self { service: self.service.clone(), limits: self.limits, _name: PhantomData }
+    }
+}
+
+impl<N: ServiceName> NamedService for FlyteService<N> {
+    const NAME: &'static str = N::NAME;
+}
+
+impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteService<N> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let rpc = Rpc::from_path(req.uri().path()).filter(|r| req.uri().path()[1..].starts_with(N::NAME) && r.abi_or_meta());
+        let service = self.service.clone();
+        let limit = self.limits.max_message_bytes;
+        Box::pin(async move {
+            let Some(rpc) = rpc else {
+                return Ok(Status::unimplemented(format!("method {} not found", req.uri().path())).into_http());
+            };
+            let mut grpc = Grpc::new(RawCodec).max_decoding_message_size(limit).max_encoding_message_size(limit);
+            let response = match rpc.kind() {
+                Kind::Unary => grpc.unary(Unary { service, rpc }, req).await,
+                Kind::ServerStream => grpc.server_streaming(Logs { service, rpc }, req).await,
+                Kind::Bidi => grpc.streaming(Execute { service }, req).await,
+            };
+            Ok(fix_size_response(response))
+        })
+    }
+}
+
+impl Rpc {
+    /// Every RPC in [`Rpc`] is served; kept as a hook for per-deployment switches.
+    fn abi_or_meta(self) -> bool {
+        true
+    }
+}
+
+struct Unary {
+    service: Arc<Service>,
+    rpc: Rpc,
+}
+
+impl UnaryService<Bytes> for Unary {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let (service, rpc) = (self.service.clone(), self.rpc);
+        Box::pin(async move { service.unary(rpc, request.into_inner()).await.map(Response::new).map_err(RpcError::into_status) })
+    }
+}
+
+struct Logs {
+    service: Arc<Service>,
+    rpc: Rpc,
+}
+
+impl ServerStreamingService<Bytes> for Logs {
+    type Response = Bytes;
+    type ResponseStream = BoxStream;
+    type Future = BoxFuture<Result<Response<BoxStream>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let (service, rpc) = (self.service.clone(), self.rpc);
+        Box::pin(async move {
+            let (plugin, mut stream) = service.open_stream(rpc, request.into_inner()).await.map_err(RpcError::into_status)?;
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(4);
+            tokio::spawn(async move {
+                // Holding the version keeps it alive (and its shutdown pending) while streaming.
+                let _plugin = plugin;
+                loop {
+                    let item = tokio::select! {
+                        item = stream.next() => item,
+                        () = tx.closed() => break,
+                    };
+                    let (item, last) = match item {
+                        None => break,
+                        Some(Ok(bytes)) => (Ok(bytes), false),
+                        Some(Err(e)) => (Err(Status::internal(format!("log stream failed: {}", e.message))), true),
+                    };
+                    if tx.send(item).await.is_err() || last {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as BoxStream))
+        })
+    }
+}
+
+struct Execute {
+    service: Arc<Service>,
+}
+
+impl StreamingService<Bytes> for Execute {
+    type Response = Bytes;
+    type ResponseStream = BoxStream;
+    type Future = BoxFuture<Result<Response<BoxStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let response = service.execute(request.into_inner()).await?;
+            Ok(Response::new(Box::pin(tokio_stream::once(Ok(response))) as BoxStream))
+        })
+    }
+}

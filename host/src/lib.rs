@@ -1,0 +1,183 @@
+//! agent-host: a Flyte agent (connector) server whose agents are native plugins.
+//!
+//! The process serves Flyte 1's `flyteidl.service.*AgentService` and Flyte 2's
+//! `flyteidl2.connector.*` services on one port, and runs the agents from `.so` plugin
+//! libraries built against `agent-plugin-api`. How the parts fit:
+//!
+//! * [`config`]: the layered TOML configuration;
+//! * [`loader`]: private copy → child-process check → in-process load of one library;
+//! * [`plugin`]: a loaded version, and calls into it across the ABI;
+//! * [`registry`]: which version serves which task type, swapped atomically;
+//! * [`scan`]: the plugin directory, and the per-file status;
+//! * [`route`] and [`rpc`]: the routing fields of each request, and the RPCs by path;
+//! * [`service`] and [`grpc`]: what each RPC does, and tonic's plumbing around it;
+//! * [`admin`]: the metrics port (`/plugins`, `/healthz`);
+//! * [`error`]: the one mapping from failures to gRPC statuses.
+//!
+//! [`run`] is the testable entry point: it serves on listeners the caller bound, until the
+//! `shutdown` future completes.
+
+pub mod admin;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod loader;
+pub mod plugin;
+pub mod registry;
+pub mod route;
+pub mod rpc;
+pub mod scan;
+pub mod service;
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+
+use crate::{
+    config::Config,
+    grpc::{FlyteService, Limits, V1Async, V1Metadata, V1Sync, V2Async, V2Metadata},
+    loader::{Loader, LoaderSettings},
+    scan::FileStatus,
+    service::Service,
+};
+
+/// Everything the running host shares between its tasks.
+#[derive(Debug)]
+pub struct Host {
+    /// The configuration it runs with.
+    pub config: Config,
+    /// Request serving.
+    pub service: Arc<Service>,
+    /// The plugin loader.
+    pub loader: Loader,
+    /// The status of each plugin file.
+    pub statuses: Mutex<BTreeMap<PathBuf, FileStatus>>,
+}
+
+/// Why the host could not run.
+#[derive(Debug)]
+pub struct RunError(pub String);
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+fn max_log_level(filter: &str) -> u32 {
+    let f = filter.to_ascii_lowercase();
+    if f.contains("trace") {
+        5
+    } else if f.contains("debug") {
+        4
+    } else if f.contains("info") {
+        3
+    } else if f.contains("warn") {
+        2
+    } else if f.contains("error") {
+        1
+    } else {
+        3
+    }
+}
+
+impl Host {
+    /// A host for `config`; `check_exe` is the `agent-host` binary that runs plugin checks.
+    pub fn new(config: Config, check_exe: PathBuf) -> Arc<Host> {
+        let settings = LoaderSettings {
+            work_dir: config.work_dir(),
+            check_exe,
+            check_timeout: Duration::from_millis(config.loader.check_timeout_ms),
+            worker_threads: config.loader.worker_threads,
+            secrets_dir: config.secrets.dir.display().to_string(),
+            secrets_env_prefix: config.secrets.env_prefix.clone(),
+            max_log_level: max_log_level(&config.log.level),
+        };
+        Arc::new(Host {
+            loader: Loader::new(settings),
+            service: Arc::new(Service::default()),
+            statuses: Mutex::new(BTreeMap::new()),
+            config,
+        })
+    }
+
+    /// Loads every plugin of the configured directory.
+    pub async fn load_plugins(&self) {
+        let dir = self.config.loader.plugin_dir.clone();
+        scan::load_dir(&dir, &self.loader, &self.service.registry, |name| self.config.plugin_config_json(name), &self.statuses).await;
+    }
+}
+
+/// Serves until `shutdown` completes: gRPC on `grpc`, the admin endpoints on `admin`.
+///
+/// Health is NOT_SERVING until the first scan of the plugin directory has finished, then
+/// SERVING for `""` and every served service, whatever the scan found (a bad plugin is reported,
+/// not fatal; an empty directory serves no agents).
+pub async fn run(
+    host: Arc<Host>,
+    grpc: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in std::iter::once("").chain(rpc::service::ALL) {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(agent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(agent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RunError(format!("reflection: {e}")))?;
+
+    let limits = Limits { max_message_bytes: host.config.server.max_message_bytes };
+    let svc = host.service.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(FlyteService::<V1Async>::new(svc.clone(), limits))
+        .add_service(FlyteService::<V1Sync>::new(svc.clone(), limits))
+        .add_service(FlyteService::<V1Metadata>::new(svc.clone(), limits))
+        .add_service(FlyteService::<V2Async>::new(svc.clone(), limits))
+        .add_service(FlyteService::<V2Metadata>::new(svc, limits))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown);
+
+    if let Some(listener) = admin {
+        let host = host.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(host, listener).await {
+                tracing::error!(error = %e, "the admin endpoint stopped");
+            }
+        });
+    }
+
+    let loading = {
+        let host = host.clone();
+        async move {
+            host.load_plugins().await;
+            for name in std::iter::once("").chain(rpc::service::ALL) {
+                reporter.set_service_status(name, ServingStatus::Serving).await;
+            }
+            let serving = host.service.registry.snapshot().plugins.len();
+            tracing::info!(plugins = serving, "first plugin scan done; serving");
+            reporter
+        }
+    };
+    let (served, _reporter) = tokio::join!(server, loading);
+    served.map_err(|e| RunError(format!("gRPC server: {e}")))
+}

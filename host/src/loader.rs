@@ -1,0 +1,370 @@
+//! Loading a plugin library, safely.
+//!
+//! 1. **Private copy.** The operator's file is read once, hashed, and written to a private,
+//!    content-addressed path. The host never maps the watched file: `cp` over a mapped `.so`
+//!    crashes the process, and a later write cannot change what was verified.
+//! 2. **Check in a child process** (`agent-host check --json <copy>`): a truncated or hostile
+//!    file can kill the process that maps it (SIGBUS inside `dlopen`); the child absorbs that.
+//! 3. **Load in-process** with `lib_header_from_path` + `init_root_module`, never abi_stable's
+//!    `RootModule::load_from_*`, which caches one module per type and would silently return the
+//!    first version of a plugin for every later one.
+//! 4. **Init** the plugin with its configuration and the host's log sink.
+//!
+//! glibc returns an already-loaded library for a path (or a hard link) it has mapped before, with
+//! its statics already initialised. So every load maps a file this process has never mapped: the
+//! content-addressed copy on that content's first load, otherwise a fresh copy, unlinked once
+//! mapped. Libraries are never unmapped (abi_stable leaks them by design; a `dlclose` would
+//! leave dangling function pointers behind).
+
+use std::{
+    collections::HashSet,
+    ffi::c_void,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use agent_plugin_abi::{__export::RStr, FfiBytes, HostServices, PluginModRef};
+use agent_proto::agenthost::plugin::v1::{InitRequest, PluginDescriptor};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::plugin::PluginVersion;
+
+/// Why a plugin file was refused. Each variant has a stable `reason()` for metrics and status.
+#[derive(Debug, Clone)]
+pub enum LoadError {
+    /// The file could not be read.
+    Read(String),
+    /// The private copy could not be written.
+    PrivateCopy(String),
+    /// The check process could not be run.
+    Checker(String),
+    /// The check process died on a signal while loading the file (e.g. SIGBUS on a truncated
+    /// library): the file would have taken the host down.
+    Crashed(String),
+    /// The check did not finish in time.
+    CheckTimeout(Duration),
+    /// The dynamic loader refused the file (not an ELF, wrong machine, missing dependency…).
+    OpenError(String),
+    /// The library has no agent-host root module: not a plugin.
+    NotAPlugin(String),
+    /// The plugin was built against an incompatible version of the plugin ABI crate.
+    IncompatibleVersion(String),
+    /// The plugin's root module layout differs from the host's.
+    AbiInstability(String),
+    /// The plugin reports an ABI major version the host does not speak.
+    AbiMajor(u32),
+    /// The plugin was built with `panic = "abort"`: any panic in it would end the host.
+    PanicAbort,
+    /// The plugin's description is unreadable or inconsistent.
+    Describe(String),
+    /// The plugin's `init` failed or panicked.
+    InitFailed(String),
+    /// Another serving plugin already claims one of its task types.
+    Conflict(String),
+}
+
+impl LoadError {
+    /// A stable, short reason (metric label, status field).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoadError::Read(_) => "read_error",
+            LoadError::PrivateCopy(_) => "private_copy",
+            LoadError::Checker(_) => "checker",
+            LoadError::Crashed(_) => "crashed",
+            LoadError::CheckTimeout(_) => "check_timeout",
+            LoadError::OpenError(_) => "open_error",
+            LoadError::NotAPlugin(_) => "not_a_plugin",
+            LoadError::IncompatibleVersion(_) => "incompatible_version",
+            LoadError::AbiInstability(_) => "abi_instability",
+            LoadError::AbiMajor(_) => "abi_major",
+            LoadError::PanicAbort => "panic_abort",
+            LoadError::Describe(_) => "describe",
+            LoadError::InitFailed(_) => "init_failed",
+            LoadError::Conflict(_) => "conflict",
+        }
+    }
+
+    /// The error's own detail, without the sentence around it (what `from_reason` takes back).
+    pub fn detail(&self) -> String {
+        match self {
+            LoadError::Read(m)
+            | LoadError::PrivateCopy(m)
+            | LoadError::Checker(m)
+            | LoadError::Crashed(m)
+            | LoadError::OpenError(m)
+            | LoadError::NotAPlugin(m)
+            | LoadError::IncompatibleVersion(m)
+            | LoadError::AbiInstability(m)
+            | LoadError::Describe(m)
+            | LoadError::InitFailed(m)
+            | LoadError::Conflict(m) => m.clone(),
+            LoadError::CheckTimeout(d) => d.as_millis().to_string(),
+            LoadError::AbiMajor(v) => v.to_string(),
+            LoadError::PanicAbort => String::new(),
+        }
+    }
+
+    /// Rebuilds an error from a reason and message (as the check process reports them).
+    pub fn from_reason(reason: &str, message: String) -> LoadError {
+        match reason {
+            "open_error" => LoadError::OpenError(message),
+            "not_a_plugin" => LoadError::NotAPlugin(message),
+            "incompatible_version" => LoadError::IncompatibleVersion(message),
+            "abi_instability" => LoadError::AbiInstability(message),
+            "abi_major" => LoadError::AbiMajor(message.parse().unwrap_or(0)),
+            "panic_abort" => LoadError::PanicAbort,
+            "init_failed" => LoadError::InitFailed(message),
+            _ => LoadError::Describe(message),
+        }
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Read(m) => write!(f, "cannot read the file: {m}"),
+            LoadError::PrivateCopy(m) => write!(f, "cannot write the private copy: {m}"),
+            LoadError::Checker(m) => write!(f, "cannot run the plugin check: {m}"),
+            LoadError::Crashed(m) => write!(f, "loading the file crashed the check process ({m}); it would have crashed the host"),
+            LoadError::CheckTimeout(d) => write!(f, "the plugin check did not finish within {} ms", d.as_millis()),
+            LoadError::OpenError(m) => write!(f, "the dynamic loader refused the file: {m}"),
+            LoadError::NotAPlugin(m) => write!(f, "not an agent-host plugin (no root module): {m}"),
+            LoadError::IncompatibleVersion(m) => write!(f, "built against an incompatible plugin ABI: {m}"),
+            LoadError::AbiInstability(m) => write!(f, "its plugin ABI layout differs from the host's: {m}"),
+            LoadError::AbiMajor(v) => write!(f, "built for plugin ABI {v}.x; this host speaks {}.x", agent_plugin_abi::ABI_MAJOR),
+            LoadError::PanicAbort => {
+                write!(f, "built with panic = \"abort\"; rebuild with panic = \"unwind\" (a panic would end the host)")
+            }
+            LoadError::Describe(m) => write!(f, "its description is unusable: {m}"),
+            LoadError::InitFailed(m) => write!(f, "init failed: {m}"),
+            LoadError::Conflict(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The first line of abi_stable's (sometimes page-long) error report.
+fn summarize(text: &str) -> String {
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let mut s: String = first.chars().take(300).collect();
+    if text.trim().lines().count() > 1 {
+        s.push_str(" (…)");
+    }
+    s
+}
+
+fn library_error(e: LibraryError) -> LoadError {
+    match e {
+        LibraryError::OpenError { err, .. } => LoadError::OpenError(summarize(&err.to_string())),
+        LibraryError::GetSymbolError { err, .. } => LoadError::NotAPlugin(summarize(&err.to_string())),
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => LoadError::IncompatibleVersion(format!(
+            "the host expects a 1.x-compatible ABI crate version {expected_version}, the plugin has {actual_version}"
+        )),
+        LibraryError::AbiInstability(e) => LoadError::AbiInstability(summarize(&e.to_string())),
+        LibraryError::RootModule { err, .. } => LoadError::InitFailed(summarize(&err.to_string())),
+        other => LoadError::NotAPlugin(summarize(&other.to_string())),
+    }
+}
+
+/// Maps `path`, checks its ABI and reads its descriptor. Used by the check process and by the
+/// in-process load (after the check passed). Never unmaps the library.
+pub fn open(path: &Path) -> Result<(PluginModRef, PluginDescriptor), LoadError> {
+    let header = lib_header_from_path(path).map_err(library_error)?;
+    let module = header.init_root_module::<PluginModRef>().map_err(library_error)?;
+    let bytes = (module.describe())();
+    let descriptor =
+        PluginDescriptor::decode(bytes.as_slice()).map_err(|e| LoadError::Describe(format!("descriptor does not decode: {e}")))?;
+    validate(&descriptor)?;
+    Ok((module, descriptor))
+}
+
+/// The checks on a descriptor, before anything of the plugin runs.
+pub fn validate(d: &PluginDescriptor) -> Result<(), LoadError> {
+    if d.abi_major != agent_plugin_abi::ABI_MAJOR {
+        return Err(LoadError::AbiMajor(d.abi_major));
+    }
+    if d.panic_strategy != "unwind" {
+        return Err(LoadError::PanicAbort);
+    }
+    if d.name.is_empty() {
+        return Err(LoadError::Describe("the plugin has no name".into()));
+    }
+    if d.agents.is_empty() {
+        return Err(LoadError::Describe("the plugin declares no agents".into()));
+    }
+    for a in &d.agents {
+        if a.name.is_empty() || a.categories.is_empty() || a.categories.iter().any(|c| c.name.is_empty()) {
+            return Err(LoadError::Describe(format!("agent {:?} has no name or no task type", a.name)));
+        }
+    }
+    Ok(())
+}
+
+/// What the loader needs from the host configuration.
+#[derive(Debug, Clone)]
+pub struct LoaderSettings {
+    /// Private copy directory.
+    pub work_dir: PathBuf,
+    /// The `agent-host` executable that runs `check` (normally this process's own).
+    pub check_exe: PathBuf,
+    /// Time limit of the check.
+    pub check_timeout: Duration,
+    /// Plugin runtime worker threads.
+    pub worker_threads: u32,
+    /// Secrets settings handed to plugins.
+    pub secrets_dir: String,
+    /// Environment secrets prefix.
+    pub secrets_env_prefix: String,
+    /// Most verbose level a plugin should emit (1 error .. 5 trace).
+    pub max_log_level: u32,
+}
+
+/// The plugin loader: private copies, child checks, in-process loads.
+#[derive(Debug)]
+pub struct Loader {
+    settings: LoaderSettings,
+    /// Private paths this process has mapped (glibc would return the old mapping for them).
+    mapped: Mutex<HashSet<PathBuf>>,
+    copies: AtomicU64,
+    generations: AtomicU64,
+}
+
+/// A plugin file read into memory, with its digest.
+#[derive(Debug)]
+pub struct PluginFile {
+    /// The operator's path.
+    pub source: PathBuf,
+    /// The content.
+    pub bytes: Vec<u8>,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+}
+
+impl PluginFile {
+    /// Reads and hashes a plugin file.
+    pub fn read(source: &Path) -> Result<PluginFile, LoadError> {
+        let bytes = std::fs::read(source).map_err(|e| LoadError::Read(e.to_string()))?;
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Ok(PluginFile { source: source.to_path_buf(), bytes, sha256 })
+    }
+}
+
+/// The per-library context of the host's log sink (leaked with the library).
+struct LogCtx {
+    plugin: String,
+    version: String,
+}
+
+extern "C" fn host_log(ctx: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
+    // SAFETY: `ctx` is the leaked `LogCtx` the host passed to this library's `init`.
+    let ctx = unsafe { &*ctx.cast::<LogCtx>() };
+    let (plugin, version, target, message) = (ctx.plugin.as_str(), ctx.version.as_str(), target.as_str(), message.as_str());
+    match level {
+        1 => tracing::error!(target: "plugin", plugin, version, module = target, "{message}"),
+        2 => tracing::warn!(target: "plugin", plugin, version, module = target, "{message}"),
+        3 => tracing::info!(target: "plugin", plugin, version, module = target, "{message}"),
+        4 => tracing::debug!(target: "plugin", plugin, version, module = target, "{message}"),
+        _ => tracing::trace!(target: "plugin", plugin, version, module = target, "{message}"),
+    }
+}
+
+impl Loader {
+    /// A loader with these settings.
+    pub fn new(settings: LoaderSettings) -> Loader {
+        Loader { settings, mapped: Mutex::new(HashSet::new()), copies: AtomicU64::new(0), generations: AtomicU64::new(0) }
+    }
+
+    /// Number of libraries mapped so far (they are never unmapped).
+    pub fn mapped_libraries(&self) -> usize {
+        self.mapped.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Writes the content-addressed private copy (atomically), if not there yet.
+    fn private_copy(&self, file: &PluginFile) -> Result<PathBuf, LoadError> {
+        let dir = &self.settings.work_dir;
+        std::fs::create_dir_all(dir).map_err(|e| LoadError::PrivateCopy(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(format!("{}.so", file.sha256));
+        let mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner()).contains(&path);
+        if !mapped && path.exists() && std::fs::metadata(&path).map(|m| m.len() as usize == file.bytes.len()).unwrap_or(false) {
+            return Ok(path);
+        }
+        let target = if mapped {
+            // This content was mapped before: map a fresh file so the new load gets fresh statics.
+            let n = self.copies.fetch_add(1, Ordering::Relaxed);
+            dir.join(format!("{}-{}-{n}.so", file.sha256, std::process::id()))
+        } else {
+            path
+        };
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), self.copies.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&tmp, &file.bytes).and_then(|()| std::fs::rename(&tmp, &target)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            LoadError::PrivateCopy(format!("{}: {e}", target.display()))
+        })?;
+        Ok(target)
+    }
+
+    /// Runs `agent-host check --json` on the private copy in a child process.
+    async fn check_in_child(&self, path: &Path) -> Result<(), LoadError> {
+        let mut cmd = tokio::process::Command::new(&self.settings.check_exe);
+        cmd.arg("check").arg("--json").arg(path).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let out = tokio::time::timeout(self.settings.check_timeout, cmd.output())
+            .await
+            .map_err(|_| LoadError::CheckTimeout(self.settings.check_timeout))?
+            .map_err(|e| LoadError::Checker(format!("{}: {e}", self.settings.check_exe.display())))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(sig) = out.status.signal() {
+                return Err(LoadError::Crashed(format!("signal {sig}")));
+            }
+        }
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        match (report["reason"].as_str(), report["message"].as_str()) {
+            (Some(reason), Some(message)) => Err(LoadError::from_reason(reason, message.to_string())),
+            _ => Err(LoadError::Checker(format!(
+                "the check exited with {} and no report: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        }
+    }
+
+    /// Loads a plugin file: private copy, child check, in-process load and init.
+    pub async fn load(&self, file: &PluginFile, config_json: String) -> Result<Arc<PluginVersion>, LoadError> {
+        let private = self.private_copy(file)?;
+        let fresh_copy = !private.ends_with(format!("{}.so", file.sha256));
+        self.check_in_child(&private).await?;
+        // `open` maps the library: from now on this path must never be mapped again.
+        self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(private.clone());
+        let opened = open(&private);
+        if fresh_copy {
+            // The mapping keeps the content; the name is only needed for `dlopen`.
+            let _ = std::fs::remove_file(&private);
+        }
+        let (module, descriptor) = opened?;
+        let init = InitRequest {
+            config_json,
+            secrets_dir: self.settings.secrets_dir.clone(),
+            secrets_env_prefix: self.settings.secrets_env_prefix.clone(),
+            worker_threads: self.settings.worker_threads,
+            max_log_level: self.settings.max_log_level,
+        };
+        let ctx: &'static LogCtx = Box::leak(Box::new(LogCtx { plugin: descriptor.name.clone(), version: descriptor.version.clone() }));
+        let services = HostServices { ctx: (ctx as *const LogCtx).cast(), log: host_log };
+        match (module.init())(FfiBytes::new(init.encode_to_vec()), services) {
+            abi_stable::std_types::RResult::ROk(()) => {}
+            abi_stable::std_types::RResult::RErr(e) => return Err(LoadError::InitFailed(e.into_string())),
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Arc::new(PluginVersion::new(module, descriptor, file.source.clone(), file.sha256.clone(), SystemTime::now(), generation)))
+    }
+}

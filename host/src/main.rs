@@ -1,0 +1,125 @@
+//! The `agent-host` command: `serve` and `check`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use agent_host::{
+    config::{Config, LogFormat},
+    Host,
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "agent-host", version, about = "Serve Flyte agents (connectors) from native plugin libraries")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Flyte 1 and Flyte 2 agent protocols from the plugins in the plugin directory.
+    Serve {
+        /// Configuration file (TOML); without it, the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Bind address.
+        #[arg(long)]
+        host: Option<String>,
+        /// gRPC port (0: any free port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Metrics and status port (0: any free port).
+        #[arg(long)]
+        metrics_port: Option<u16>,
+        /// Plugin directory.
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+    },
+    /// Load a plugin library in this process and describe it (exit 1 if it is refused).
+    Check {
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+        /// The plugin library.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let bind = |port: u16| format!("{}:{port}", config.server.host);
+    let grpc = tokio::net::TcpListener::bind(bind(config.server.port))
+        .await
+        .map_err(|e| format!("cannot bind gRPC port {}: {e}", bind(config.server.port)))?;
+    let admin = tokio::net::TcpListener::bind(bind(config.server.metrics_port))
+        .await
+        .map_err(|e| format!("cannot bind metrics port {}: {e}", bind(config.server.metrics_port)))?;
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    // One line on stdout, for scripts and tests that asked for port 0.
+    println!("agent-host listening grpc={} metrics={}", addr(&grpc), addr(&admin));
+    tracing::info!(grpc = %addr(&grpc), metrics = %addr(&admin), plugin_dir = %config.loader.plugin_dir.display(), "agent-host starting");
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable (needed for plugin checks): {e}"))?;
+    let host = Host::new(config, exe);
+    agent_host::run(host, grpc, Some(admin), shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { json, file } => ExitCode::from(agent_host::check::run(&file, json) as u8),
+        Command::Serve { config, host, port, metrics_port, plugin_dir } => {
+            let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("agent-host: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(h) = host {
+                cfg.server.host = h;
+            }
+            if let Some(p) = port {
+                cfg.server.port = p;
+            }
+            if let Some(p) = metrics_port {
+                cfg.server.metrics_port = p;
+            }
+            if let Some(d) = plugin_dir {
+                cfg.loader.plugin_dir = d;
+            }
+            init_logging(&cfg);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("agent-host: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("agent-host: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

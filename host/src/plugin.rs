@@ -1,0 +1,186 @@
+//! One loaded version of a plugin library, and calls into it.
+//!
+//! A `PluginVersion` is shared by `Arc`: the registry holds one while the version serves, and
+//! every call in flight holds another. An upgrade swaps the registry's entry; calls already
+//! running finish on the version they started on, and when the last `Arc` drops, the plugin's
+//! `shutdown()` runs on a plain thread (it may block while the plugin's runtime winds down).
+
+use std::{
+    future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::PathBuf,
+    pin::Pin,
+    sync::atomic::{AtomicI64, Ordering},
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use abi_stable::std_types::{ROption, RResult};
+use agent_plugin_abi::{FfiBytes, FfiStream, PluginError, PluginModRef, ERR_PANIC};
+use agent_proto::agenthost::plugin::v1::{AgentDescriptor, PluginDescriptor};
+use bytes::Bytes;
+
+/// A loaded, initialised plugin library.
+pub struct PluginVersion {
+    module: PluginModRef,
+    /// What the plugin said about itself.
+    pub descriptor: PluginDescriptor,
+    /// The operator's file it was loaded from.
+    pub source: PathBuf,
+    /// sha256 of the file content.
+    pub sha256: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Load counter of this process: tells versions of the same file apart.
+    pub generation: u64,
+    /// Calls running in this version right now.
+    in_flight: AtomicI64,
+}
+
+impl std::fmt::Debug for PluginVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginVersion")
+            .field("name", &self.descriptor.name)
+            .field("version", &self.descriptor.version)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl PluginVersion {
+    pub(crate) fn new(
+        module: PluginModRef,
+        descriptor: PluginDescriptor,
+        source: PathBuf,
+        sha256: String,
+        loaded_at: SystemTime,
+        generation: u64,
+    ) -> Self {
+        Self { module, descriptor, source, sha256, loaded_at, generation, in_flight: AtomicI64::new(0) }
+    }
+
+    /// Plugin name.
+    pub fn name(&self) -> &str {
+        &self.descriptor.name
+    }
+
+    /// Plugin version.
+    pub fn version(&self) -> &str {
+        &self.descriptor.version
+    }
+
+    /// Its agents.
+    pub fn agents(&self) -> &[AgentDescriptor] {
+        &self.descriptor.agents
+    }
+
+    /// Calls running in this version.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// One unary call. The request bytes are lent to the plugin without a copy.
+    pub async fn call(&self, agent: u32, method: u32, request: Bytes) -> Result<Bytes, PluginError> {
+        let _count = InFlight::new(&self.in_flight);
+        let fut = (self.module.call())(agent, method, FfiBytes::new(request));
+        match CatchUnwind(fut).await {
+            Ok(RResult::ROk(bytes)) => Ok(Bytes::from_owner(bytes)),
+            Ok(RResult::RErr(e)) => Err(e),
+            Err(()) => Err(panicked()),
+        }
+    }
+
+    /// Opens a server stream.
+    pub async fn open_stream(&self, agent: u32, method: u32, request: Bytes) -> Result<PluginStream, PluginError> {
+        let fut = (self.module.open_stream())(agent, method, FfiBytes::new(request));
+        match CatchUnwind(fut).await {
+            Ok(RResult::ROk(stream)) => Ok(PluginStream(stream)),
+            Ok(RResult::RErr(e)) => Err(e),
+            Err(()) => Err(panicked()),
+        }
+    }
+}
+
+impl Drop for PluginVersion {
+    fn drop(&mut self) {
+        let shutdown = self.module.shutdown();
+        let name = format!("{}@{}#{}", self.descriptor.name, self.descriptor.version, self.generation);
+        let spawned = std::thread::Builder::new().name("plugin-shutdown".into()).spawn(move || {
+            if catch_unwind(|| shutdown()).is_err() {
+                tracing::error!(plugin = %name, "plugin shutdown panicked");
+            } else {
+                tracing::debug!(plugin = %name, "plugin version retired");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread for a plugin's shutdown");
+        }
+    }
+}
+
+fn panicked() -> PluginError {
+    PluginError { code: ERR_PANIC, message: "the plugin's future panicked while being polled".into() }
+}
+
+/// Counts a call in flight while alive.
+struct InFlight<'a>(&'a AtomicI64);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicI64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Polls a plugin future, turning a panic reported across the boundary into an error.
+/// (The SDK catches panics itself; this guards plugins built some other way.)
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
+/// A plugin's response stream; closed exactly once when dropped.
+pub struct PluginStream(FfiStream);
+
+impl std::fmt::Debug for PluginStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginStream")
+    }
+}
+
+impl PluginStream {
+    /// The next message, `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, PluginError>> {
+        // SAFETY: `state` is live until `close` (in Drop), and `&mut self` rules out
+        // concurrent `next` calls.
+        let fut = unsafe { (self.0.next)(self.0.state) };
+        match CatchUnwind(fut).await {
+            Ok(ROption::RSome(RResult::ROk(b))) => Some(Ok(Bytes::from_owner(b))),
+            Ok(ROption::RSome(RResult::RErr(e))) => Some(Err(e)),
+            Ok(ROption::RNone) => None,
+            Err(()) => Some(Err(panicked())),
+        }
+    }
+}
+
+impl Drop for PluginStream {
+    fn drop(&mut self) {
+        // SAFETY: called once, after which the state is never used again.
+        unsafe { (self.0.close)(self.0.state) }
+    }
+}

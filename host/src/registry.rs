@@ -1,0 +1,84 @@
+//! Which plugin version serves which task type: an immutable snapshot, swapped atomically.
+//!
+//! Readers (every RPC) load the current snapshot without locking; a reload builds a new
+//! snapshot and stores it in one step, so a ListAgents never sees half an upgrade and a call is
+//! routed by exactly one registry version.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use arc_swap::ArcSwap;
+
+use crate::{plugin::PluginVersion, route::TaskKey};
+
+/// One registry version.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Serving plugins, in load order (ListAgents lists them in this order).
+    pub plugins: Vec<Arc<PluginVersion>>,
+    routes: HashMap<TaskKey, (usize, u32)>,
+}
+
+impl Snapshot {
+    fn from_plugins(plugins: Vec<Arc<PluginVersion>>) -> Result<Snapshot, String> {
+        let mut routes = HashMap::new();
+        for (pi, p) in plugins.iter().enumerate() {
+            for (ai, a) in p.agents().iter().enumerate() {
+                for c in &a.categories {
+                    let key = TaskKey { name: c.name.clone(), version: c.version };
+                    if let Some((other, _)) = routes.insert(key, (pi, ai as u32)) {
+                        let o: &Arc<PluginVersion> = &plugins[other];
+                        return Err(format!(
+                            "task type {} v{} is already served by plugin {} {} ({})",
+                            c.name,
+                            c.version,
+                            o.name(),
+                            o.version(),
+                            o.source.display()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Snapshot { plugins, routes })
+    }
+
+    /// This snapshot with `plugin` added, or replacing the version loaded from the same file.
+    /// Fails, leaving nothing changed, when another file's plugin serves one of its task types.
+    pub fn with_plugin(&self, plugin: Arc<PluginVersion>) -> Result<Snapshot, String> {
+        let mut plugins = self.plugins.clone();
+        match plugins.iter().position(|p| p.source == plugin.source) {
+            Some(i) => plugins[i] = plugin,
+            None => plugins.push(plugin),
+        }
+        Snapshot::from_plugins(plugins)
+    }
+
+    /// This snapshot without the plugin loaded from `source`.
+    pub fn without_source(&self, source: &Path) -> Snapshot {
+        let plugins = self.plugins.iter().filter(|p| p.source != source).cloned().collect();
+        Snapshot::from_plugins(plugins).expect("removing a plugin cannot create a conflict")
+    }
+
+    /// The plugin version and agent index serving `key`.
+    pub fn route(&self, key: &TaskKey) -> Option<(Arc<PluginVersion>, u32)> {
+        self.routes.get(key).map(|&(p, a)| (self.plugins[p].clone(), a))
+    }
+}
+
+/// The current snapshot.
+#[derive(Debug, Default)]
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    /// The snapshot serving now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
