@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds what the integration tests load: the host binary (it runs plugin checks in a child
+# process), the example plugins, and the fixture plugins, one per failure mode. The fixtures
+# end up in target/debug/fixtures/ under stable names:
+#
+#   good.so            a valid plugin (task type `good`)
+#   good-abort.so      the same crate built with -C panic=abort (must be refused)
+#   init-panic.so      an agent whose construction panics
+#   init-error.so      an agent whose construction fails
+#   not-a-plugin.so    a cdylib with no agent-host root module
+#   layout-mismatch.so a root module under our symbol with another layout
+#   abi-major.so       a plugin that claims ABI 2.x
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo build --workspace --locked
+target="${CARGO_TARGET_DIR:-target}/debug"
+out="$target/fixtures"
+mkdir -p "$out"
+for name in good init-panic init-error not-a-plugin layout-mismatch abi-major; do
+    cp "$target/libfixture_${name//-/_}.so" "$out/$name.so"
+done
+# The same crate as good.so, with panics that abort: only the final crate needs the flag.
+cargo rustc --locked -p fixture-good --lib --crate-type cdylib -- -C panic=abort
+cp "$target/libfixture_good.so" "$out/good-abort.so"
+# Leave target/debug/libfixture_good.so as the unwind build for anyone who looks there.
+cargo rustc --locked -p fixture-good --lib --crate-type cdylib
+echo "fixtures in $out: $(ls "$out" | tr '\n' ' ')"

@@ -1,0 +1,156 @@
+//! Support for agent-host's end-to-end tests: where the built artifacts are, a host started
+//! in-process on 127.0.0.1:0 with a temporary plugin directory, and a small gRPC client.
+//!
+//! The artifacts (the `agent-host` binary, the example plugins and the fixture plugins under
+//! `target/debug/fixtures/`) are built by `tests/build-fixtures.sh`, which `tests/run.sh` runs
+//! before `cargo test`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use agent_host::{config::Config, Host};
+use tonic::{transport::Channel, Request, Status};
+
+/// `target/debug` (or wherever this test binary was built).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/debug/deps/<test binary>
+    exe.parent().and_then(Path::parent).expect("test binaries live in <target>/<profile>/deps").to_path_buf()
+}
+
+fn built(path: PathBuf) -> PathBuf {
+    assert!(path.exists(), "{} is missing: run `bash tests/build-fixtures.sh` (tests/run.sh does) before `cargo test`", path.display());
+    path
+}
+
+/// The `agent-host` binary (it runs plugin checks in a child process).
+pub fn host_exe() -> PathBuf {
+    built(target_dir().join("agent-host"))
+}
+
+/// The echo example plugin.
+pub fn echo_plugin() -> PathBuf {
+    built(target_dir().join("libecho_plugin.so"))
+}
+
+/// A fixture plugin by name (`good`, `init-panic`, …).
+pub fn fixture(name: &str) -> PathBuf {
+    built(target_dir().join("fixtures").join(format!("{name}.so")))
+}
+
+/// A host configuration for tests: loopback, the given directories, small defaults.
+pub fn test_config(plugin_dir: &Path, work_dir: &Path) -> Config {
+    let mut config = Config::load(None, []).expect("the embedded config is valid");
+    config.server.host = "127.0.0.1".into();
+    config.loader.plugin_dir = plugin_dir.to_path_buf();
+    config.loader.work_dir = work_dir.to_path_buf();
+    config
+}
+
+/// A host running in this process on 127.0.0.1:0.
+pub struct TestHost {
+    /// gRPC address.
+    pub addr: std::net::SocketAddr,
+    /// Admin (metrics/status) address.
+    pub admin_addr: std::net::SocketAddr,
+    /// The host's shared state.
+    pub host: Arc<Host>,
+    /// The plugin directory.
+    pub plugin_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), agent_host::RunError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestHost {
+    /// Starts a host whose plugin directory holds `plugins` (file name, source file), and waits
+    /// until it serves (its first scan is done).
+    pub async fn start(plugins: &[(&str, PathBuf)]) -> TestHost {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).expect("creating the plugin directory");
+        for (name, source) in plugins {
+            std::fs::copy(source, plugin_dir.join(name)).expect("copying a plugin");
+        }
+        let config = test_config(&plugin_dir, &dir.path().join("work"));
+        let host = Host::new(config, host_exe());
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a gRPC port");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding an admin port");
+        let (addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent_host::run(host.clone(), grpc, Some(admin), async move {
+            let _ = stopped.await;
+        }));
+        let me = TestHost { addr, admin_addr, host, plugin_dir, stop: Some(stop), task: Some(task), _dir: dir };
+        me.wait_serving().await;
+        me
+    }
+
+    /// A channel to the host.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connecting to the test host")
+    }
+
+    /// Health of `service` ("" for the server).
+    pub async fn health(&self, service: &str) -> Result<i32, Status> {
+        let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+        let resp: tonic_health::pb::HealthCheckResponse = unary(self.channel().await, "/grpc.health.v1.Health/Check", req).await?;
+        Ok(resp.status)
+    }
+
+    async fn wait_serving(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(s) = self.health("").await {
+                if s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the test host did not become SERVING within 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the host and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the host task ran").expect("the host stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One unary call with prost messages.
+pub async fn unary<Req, Resp>(channel: Channel, path: &'static str, request: Req) -> Result<Resp, Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    client.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    client.unary(Request::new(request), http::uri::PathAndQuery::from_static(path), codec).await.map(|r| r.into_inner())
+}
+
+/// One unary call with raw bytes (for malformed requests).
+pub async fn unary_raw(channel: Channel, path: &'static str, request: bytes::Bytes) -> Result<bytes::Bytes, Status> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    client
+        .unary(Request::new(request), http::uri::PathAndQuery::from_static(path), agent_host::grpc::RawCodec)
+        .await
+        .map(|r| r.into_inner())
+}

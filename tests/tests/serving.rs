@@ -1,0 +1,142 @@
+//! Serving through a host with the echo plugin: routing on task type and version, each error
+//! code, and a panic inside an agent that the host survives.
+
+use agent_host_tests::{echo_plugin, unary, unary_raw, TestHost};
+use agent_proto::flyteidl::{admin, core};
+use tonic::Code;
+
+const CREATE: &str = "/flyteidl.service.AsyncAgentService/CreateTask";
+const GET: &str = "/flyteidl.service.AsyncAgentService/GetTask";
+const METRICS: &str = "/flyteidl.service.AsyncAgentService/GetTaskMetrics";
+
+fn int(i: i64) -> core::Literal {
+    use core::{literal, primitive, scalar};
+    core::Literal {
+        value: Some(literal::Value::Scalar(Box::new(core::Scalar {
+            value: Some(scalar::Value::Primitive(core::Primitive { value: Some(primitive::Value::Integer(i)) })),
+        }))),
+        ..Default::default()
+    }
+}
+
+fn create(task_type: &str, version: i32, custom: Option<prost_types_struct::Struct>) -> admin::CreateTaskRequest {
+    admin::CreateTaskRequest {
+        inputs: Some(core::LiteralMap { literals: [("x".to_string(), int(7))].into_iter().collect() }),
+        template: Some(core::TaskTemplate { r#type: task_type.into(), task_type_version: version, custom, ..Default::default() }),
+        output_prefix: "s3://bucket/out".into(),
+        ..Default::default()
+    }
+}
+
+mod prost_types_struct {
+    pub use prost_types::{value::Kind, Struct, Value};
+
+    pub fn one(key: &str, value: &str) -> Struct {
+        Struct { fields: [(key.to_string(), Value { kind: Some(Kind::StringValue(value.into())) })].into_iter().collect() }
+    }
+}
+
+fn category(name: &str, version: i32) -> Option<admin::TaskCategory> {
+    Some(admin::TaskCategory { name: name.into(), version })
+}
+
+#[tokio::test]
+async fn create_then_get_routes_to_the_agent_and_echoes() {
+    let host = TestHost::start(&[("echo.so", echo_plugin())]).await;
+    let ch = host.channel().await;
+    let created: admin::CreateTaskResponse = unary(ch.clone(), CREATE, create("echo_async", 0, None)).await.unwrap();
+    let get = admin::GetTaskRequest {
+        task_category: category("echo_async", 0),
+        resource_meta: created.resource_meta.clone(),
+        ..Default::default()
+    };
+    let got: admin::GetTaskResponse = unary(ch.clone(), GET, get).await.unwrap();
+    let resource = got.resource.unwrap();
+    assert_eq!(resource.phase, core::task_execution::Phase::Succeeded as i32);
+    assert_eq!(resource.outputs.unwrap().literals.get("x"), Some(&int(7)));
+    // The deprecated task_type routes when no category is given (version 0).
+    #[allow(deprecated)]
+    let legacy = admin::GetTaskRequest { task_type: "echo_async".into(), resource_meta: created.resource_meta, ..Default::default() };
+    let got: admin::GetTaskResponse = unary(ch, GET, legacy).await.unwrap();
+    assert_eq!(got.resource.unwrap().phase, core::task_execution::Phase::Succeeded as i32);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_type_or_version_is_not_found_with_flytekits_message() {
+    let host = TestHost::start(&[("echo.so", echo_plugin())]).await;
+    let ch = host.channel().await;
+    let err = unary::<_, admin::CreateTaskResponse>(ch.clone(), CREATE, create("nope", 0, None)).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::NotFound, "Cannot find connector for task type: nope."));
+    let err = unary::<_, admin::CreateTaskResponse>(ch, CREATE, create("echo_async", 1, None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "version 1 of echo_async is not served: {err:?}");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_agent_answers_internal_and_the_host_keeps_serving() {
+    let host = TestHost::start(&[("echo.so", echo_plugin())]).await;
+    let ch = host.channel().await;
+    let custom = Some(prost_types_struct::one("echo_panic", "kaboom"));
+    for _ in 0..3 {
+        let err = unary::<_, admin::CreateTaskResponse>(ch.clone(), CREATE, create("echo_async", 0, custom.clone())).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal);
+        for expected in ["echo", "0.1.0", "panicked", "kaboom"] {
+            assert!(err.message().contains(expected), "{expected:?} missing from {:?}", err.message());
+        }
+    }
+    let ok: Result<admin::CreateTaskResponse, _> = unary(ch, CREATE, create("echo_async", 0, None)).await;
+    assert!(ok.is_ok(), "the next call succeeds: {ok:?}");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn agent_errors_unimplemented_methods_and_garbage_have_their_codes() {
+    let host = TestHost::start(&[("echo.so", echo_plugin())]).await;
+    let ch = host.channel().await;
+    let err = unary::<_, admin::CreateTaskResponse>(
+        ch.clone(),
+        CREATE,
+        create("echo_async", 0, Some(prost_types_struct::one("echo_error", "nope"))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.message().contains("plugin echo 0.1.0") && err.message().contains("nope"), "{}", err.message());
+
+    let metrics = admin::GetTaskMetricsRequest { task_category: category("echo_sync", 0), ..Default::default() };
+    let err = unary::<_, admin::GetTaskMetricsResponse>(ch.clone(), METRICS, metrics).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+    let err = unary_raw(ch.clone(), CREATE, bytes::Bytes::from_static(b"\xff\xff\xff")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    let err = unary::<_, admin::GetAgentResponse>(
+        ch.clone(),
+        "/flyteidl.service.AgentMetadataService/GetAgent",
+        admin::GetAgentRequest { name: "nope".into() },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::NotFound, "Cannot find connector for name: nope."));
+
+    let err = unary_raw(ch, "/flyteidl.service.AsyncAgentService/Nope", bytes::Bytes::new()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn list_agents_describes_every_agent_for_propeller() {
+    let host = TestHost::start(&[("echo.so", echo_plugin())]).await;
+    let list: admin::ListAgentsResponse =
+        unary(host.channel().await, "/flyteidl.service.AgentMetadataService/ListAgents", admin::ListAgentsRequest {}).await.unwrap();
+    let by_name: std::collections::BTreeMap<_, _> = list.agents.iter().map(|a| (a.name.as_str(), a)).collect();
+    let sync = by_name["Echo Sync Agent"];
+    assert!(sync.is_sync);
+    #[allow(deprecated)]
+    let types = &sync.supported_task_types;
+    assert_eq!(types, &["echo_sync"]);
+    assert_eq!(sync.supported_task_categories, vec![admin::TaskCategory { name: "echo_sync".into(), version: 0 }]);
+    assert!(!by_name["Echo Async Agent"].is_sync);
+    host.stop().await;
+}
