@@ -10,6 +10,8 @@
 #   not-a-plugin.so    a cdylib with no agent-host root module
 #   layout-mismatch.so a root module under our symbol with another layout
 #   abi-major.so       a plugin that claims ABI 2.x
+#   echo-v1.so         the echo plugin, stripped (the reload tests map it hundreds of times)
+#   echo-v2.so         echo built as version 0.2.0 (different content and answers), stripped
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,4 +27,10 @@ cargo rustc --locked -p fixture-good --lib --crate-type cdylib -- -C panic=abort
 cp "$target/libfixture_good.so" "$out/good-abort.so"
 # Leave target/debug/libfixture_good.so as the unwind build for anyone who looks there.
 cargo rustc --locked -p fixture-good --lib --crate-type cdylib
+# Two echo builds with different content for the reload tests; stripped, since every reload
+# maps a fresh copy that occupies disk until the test process ends.
+strip -o "$out/echo-v1.so" "$target/libecho_plugin.so"
+AGENT_ECHO_VERSION=0.2.0 cargo rustc --locked -p echo-plugin --lib --crate-type cdylib
+strip -o "$out/echo-v2.so" "$target/libecho_plugin.so"
+cargo build --locked -p echo-plugin
 echo "fixtures in $out: $(ls "$out" | tr '\n' ' ')"

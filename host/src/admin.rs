@@ -10,10 +10,19 @@ use crate::Host;
 
 async fn plugins(State(host): State<Arc<Host>>) -> Json<Value> {
     let files: Vec<_> = host.statuses.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    let draining: Vec<_> = host
+        .draining
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(plugin, version, generation, in_flight)| json!({"plugin": plugin, "version": version, "generation": generation, "in_flight": in_flight}))
+        .collect();
     Json(json!({
         "plugin_dir": host.config.loader.plugin_dir,
         "mapped_libraries": host.loader.mapped_libraries(),
+        "max_libraries": host.config.loader.max_libraries,
         "files": files,
+        "draining": draining,
     }))
 }
 

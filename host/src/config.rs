@@ -54,6 +54,26 @@ pub struct LoaderConfig {
     pub worker_threads: u32,
     /// Time limit of the child-process check, in ms.
     pub check_timeout_ms: u64,
+    /// How changes are noticed.
+    pub watch: WatchMode,
+    /// Poll mode rescan interval, in ms.
+    pub poll_interval_ms: u64,
+    /// Notify mode periodic rescan interval, in ms.
+    pub rescan_interval_ms: u64,
+    /// Quiet period before a changed file is taken, in ms.
+    pub stable_ms: u64,
+    /// Cap on mapped plugin libraries.
+    pub max_libraries: usize,
+}
+
+/// How the plugin directory is followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify events plus a periodic rescan.
+    Notify,
+    /// Rescans at an interval only.
+    Poll,
 }
 
 /// `[secrets]`.
@@ -152,6 +172,9 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.server.max_message_bytes < 1024 {
             return Err(ConfigError("server.max_message_bytes must be at least 1024".into()));
+        }
+        if self.loader.poll_interval_ms == 0 || self.loader.rescan_interval_ms == 0 {
+            return Err(ConfigError("loader.poll_interval_ms and loader.rescan_interval_ms must be positive".into()));
         }
         if !(1..=64).contains(&self.loader.worker_threads) {
             return Err(ConfigError("loader.worker_threads must be between 1 and 64".into()));

@@ -8,7 +8,8 @@
 //! * [`loader`]: private copy → child-process check → in-process load of one library;
 //! * [`plugin`]: a loaded version, and calls into it across the ABI;
 //! * [`registry`]: which version serves which task type, swapped atomically;
-//! * [`scan`]: the plugin directory, and the per-file status;
+//! * [`reload`]: following the plugin directory (load, upgrade, remove while serving);
+//! * [`scan`]: the plugin directory's files, and the per-file status;
 //! * [`route`] and [`rpc`]: the routing fields of each request, and the RPCs by path;
 //! * [`service`] and [`grpc`]: what each RPC does, and tonic's plumbing around it;
 //! * [`admin`]: the metrics port (`/plugins`, `/healthz`);
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod loader;
 pub mod plugin;
 pub mod registry;
+pub mod reload;
 pub mod route;
 pub mod rpc;
 pub mod scan;
@@ -45,6 +47,7 @@ use crate::{
     config::Config,
     grpc::{FlyteService, Limits, V1Async, V1Metadata, V1Sync, V2Async, V2Metadata},
     loader::{Loader, LoaderSettings},
+    reload::Reloader,
     scan::FileStatus,
     service::Service,
 };
@@ -60,6 +63,9 @@ pub struct Host {
     pub loader: Loader,
     /// The status of each plugin file.
     pub statuses: Mutex<BTreeMap<PathBuf, FileStatus>>,
+    /// Versions replaced or removed whose calls are still running (plugin, version,
+    /// generation, calls in flight), as of the last rescan.
+    pub draining: Mutex<Vec<(String, String, u64, i64)>>,
 }
 
 /// Why the host could not run.
@@ -107,14 +113,27 @@ impl Host {
             loader: Loader::new(settings),
             service: Arc::new(Service::default()),
             statuses: Mutex::new(BTreeMap::new()),
+            draining: Mutex::new(Vec::new()),
             config,
         })
     }
 
-    /// Loads every plugin of the configured directory.
-    pub async fn load_plugins(&self) {
-        let dir = self.config.loader.plugin_dir.clone();
-        scan::load_dir(&dir, &self.loader, &self.service.registry, |name| self.config.plugin_config_json(name), &self.statuses).await;
+    /// Records the draining versions (see [`Host::draining`]).
+    pub fn set_draining(&self, draining: Vec<(String, String, u64, i64)>) {
+        *self.draining.lock().unwrap_or_else(|p| p.into_inner()) = draining;
+    }
+
+    /// The first scan: loads every plugin of the directory, waiting (a bounded time) for files
+    /// still being written to settle.
+    pub async fn first_scan(&self, reloader: &mut Reloader) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let report = reloader.rescan(self).await;
+            if report.pending.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(self.config.loader.stable_ms.clamp(10, 1000) / 2 + 10)).await;
+        }
     }
 }
 
@@ -166,18 +185,22 @@ pub async fn run(
         });
     }
 
+    let (stop_watch, watch_stopped) = tokio::sync::watch::channel(false);
     let loading = {
         let host = host.clone();
         async move {
-            host.load_plugins().await;
+            let mut reloader = Reloader::default();
+            host.first_scan(&mut reloader).await;
             for name in std::iter::once("").chain(rpc::service::ALL) {
                 reporter.set_service_status(name, ServingStatus::Serving).await;
             }
             let serving = host.service.registry.snapshot().plugins.len();
             tracing::info!(plugins = serving, "first plugin scan done; serving");
+            tokio::spawn(reload::watch(host, reloader, watch_stopped));
             reporter
         }
     };
     let (served, _reporter) = tokio::join!(server, loading);
+    let _ = stop_watch.send(true);
     served.map_err(|e| RunError(format!("gRPC server: {e}")))
 }

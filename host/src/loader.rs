@@ -67,6 +67,8 @@ pub enum LoadError {
     InitFailed(String),
     /// Another serving plugin already claims one of its task types.
     Conflict(String),
+    /// The cap on mapped libraries (`loader.max_libraries`) is reached.
+    Limit(String),
 }
 
 impl LoadError {
@@ -87,6 +89,7 @@ impl LoadError {
             LoadError::Describe(_) => "describe",
             LoadError::InitFailed(_) => "init_failed",
             LoadError::Conflict(_) => "conflict",
+            LoadError::Limit(_) => "max_libraries",
         }
     }
 
@@ -103,7 +106,8 @@ impl LoadError {
             | LoadError::AbiInstability(m)
             | LoadError::Describe(m)
             | LoadError::InitFailed(m)
-            | LoadError::Conflict(m) => m.clone(),
+            | LoadError::Conflict(m)
+            | LoadError::Limit(m) => m.clone(),
             LoadError::CheckTimeout(d) => d.as_millis().to_string(),
             LoadError::AbiMajor(v) => v.to_string(),
             LoadError::PanicAbort => String::new(),
@@ -143,7 +147,7 @@ impl std::fmt::Display for LoadError {
             }
             LoadError::Describe(m) => write!(f, "its description is unusable: {m}"),
             LoadError::InitFailed(m) => write!(f, "init failed: {m}"),
-            LoadError::Conflict(m) => write!(f, "{m}"),
+            LoadError::Conflict(m) | LoadError::Limit(m) => write!(f, "{m}"),
         }
     }
 }

@@ -1,25 +1,20 @@
-//! Scanning the plugin directory and loading what is there.
+//! The plugin directory's files, and what the host reports about each (`/plugins`).
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Mutex,
     time::SystemTime,
 };
 
 use serde::Serialize;
 
-use crate::{
-    loader::{LoadError, Loader, PluginFile},
-    registry::Registry,
-};
+use crate::{loader::LoadError, plugin::PluginVersion};
 
 /// What the host knows about one file of the plugin directory (the `/plugins` status view).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileStatus {
     /// The file.
     pub path: PathBuf,
-    /// "serving" or "refused".
+    /// "serving" (possibly with a refused newer content as `error`) or "refused".
     pub state: &'static str,
     /// Plugin name and version, when the file got that far.
     pub plugin: Option<String>,
@@ -29,7 +24,11 @@ pub struct FileStatus {
     pub sha256: Option<String>,
     /// Agents with their task types.
     pub agents: Vec<String>,
-    /// Seconds since the epoch of the last load attempt.
+    /// Load counter of the serving version.
+    pub generation: Option<u64>,
+    /// Seconds since the epoch when the serving version was loaded.
+    pub loaded_at: Option<u64>,
+    /// Seconds since the epoch of the last change of this status.
     pub updated_at: u64,
     /// The reason code of the last refusal.
     pub error_reason: Option<&'static str>,
@@ -56,71 +55,61 @@ fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Loads every plugin of `dir` into the registry. Files that fail are reported (log and status)
-/// and skipped; they never stop the others.
-pub async fn load_dir(
-    dir: &Path,
-    loader: &Loader,
-    registry: &Registry,
-    config_for: impl Fn(&str) -> String,
-    statuses: &Mutex<BTreeMap<PathBuf, FileStatus>>,
-) {
-    let files = match plugin_files(dir) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugin directory; serving no plugins");
-            return;
-        }
-    };
-    for path in files {
-        let status = load_one(&path, loader, registry, &config_for).await;
-        statuses.lock().unwrap_or_else(|p| p.into_inner()).insert(path, status);
-    }
+/// The `[plugins.<name>]` table a file gets: named after the file (`echo.so`, `libecho.so` →
+/// `echo`), since the plugin's own name is known only once it is loaded.
+pub fn config_name(path: &Path) -> String {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    stem.strip_prefix("lib").unwrap_or(stem).to_string()
 }
 
-async fn load_one(path: &Path, loader: &Loader, registry: &Registry, config_for: &impl Fn(&str) -> String) -> FileStatus {
-    let mut status = FileStatus {
-        path: path.to_path_buf(),
-        state: "refused",
-        plugin: None,
-        version: None,
-        sha256: None,
-        agents: Vec::new(),
-        updated_at: now(),
-        error_reason: None,
-        error: None,
-    };
-    let result = async {
-        let file = PluginFile::read(path)?;
-        status.sha256 = Some(file.sha256.clone());
-        // The plugin's name is only known after the check; its config is looked up by the
-        // file stem first (`echo.so` → [plugins.echo]), which is how operators name files.
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().trim_start_matches("lib").to_string();
-        let plugin = loader.load(&file, config_for(&stem)).await?;
-        status.plugin = Some(plugin.name().to_string());
-        status.version = Some(plugin.version().to_string());
-        status.agents = plugin
-            .agents()
-            .iter()
-            .map(|a| {
-                format!("{} ({})", a.name, a.categories.iter().map(|c| format!("{} v{}", c.name, c.version)).collect::<Vec<_>>().join(", "))
-            })
-            .collect();
-        let snapshot = registry.snapshot().with_plugin(plugin.clone()).map_err(LoadError::Conflict)?;
-        registry.store(snapshot);
-        Ok::<_, LoadError>(plugin)
-    }
-    .await;
-    match result {
-        Ok(plugin) => {
-            status.state = "serving";
-            tracing::info!(file = %path.display(), plugin = plugin.name(), version = plugin.version(), agents = ?status.agents, "plugin loaded");
-        }
-        Err(e) => {
-            status.error_reason = Some(e.reason());
-            status.error = Some(e.to_string());
-            tracing::error!(file = %path.display(), reason = e.reason(), "plugin refused: {e}");
+impl FileStatus {
+    /// A file not loaded (yet).
+    pub fn new(path: &Path) -> FileStatus {
+        FileStatus {
+            path: path.to_path_buf(),
+            state: "refused",
+            plugin: None,
+            version: None,
+            sha256: None,
+            agents: Vec::new(),
+            generation: None,
+            loaded_at: None,
+            updated_at: now(),
+            error_reason: None,
+            error: None,
         }
     }
-    status
+
+    /// A file serving `plugin`.
+    pub fn serving(plugin: &PluginVersion) -> FileStatus {
+        let loaded_at = plugin.loaded_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).ok();
+        FileStatus {
+            state: "serving",
+            plugin: Some(plugin.name().to_string()),
+            version: Some(plugin.version().to_string()),
+            sha256: Some(plugin.sha256.clone()),
+            agents: plugin
+                .agents()
+                .iter()
+                .map(|a| {
+                    let cats: Vec<_> = a.categories.iter().map(|c| format!("{} v{}", c.name, c.version)).collect();
+                    format!("{} ({})", a.name, cats.join(", "))
+                })
+                .collect(),
+            generation: Some(plugin.generation),
+            loaded_at,
+            ..FileStatus::new(&plugin.source)
+        }
+    }
+
+    /// Records a refusal of content `sha256`. A file that serves keeps `state = "serving"` (the
+    /// serving version is untouched) and shows the refusal as its last error.
+    pub fn refused(&mut self, sha256: &str, e: &LoadError) {
+        if self.state != "serving" {
+            self.sha256 = Some(sha256.to_string());
+        }
+        self.updated_at = now();
+        self.error_reason = Some(e.reason());
+        self.error = Some(e.to_string());
+    }
 }

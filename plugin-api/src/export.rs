@@ -8,6 +8,8 @@
 /// agent_plugin_api::export_plugin!(name: "echo", agents: [sync EchoSync, async EchoAsync]);
 /// ```
 ///
+/// The plugin's version is its crate's version unless given as `version: "…"` after the name.
+///
 /// It generates the library's root module (the `abi_stable` header the host looks for), stamps
 /// the plugin's name, its crate version, the ABI version and the panic strategy into its
 /// descriptor, and routes every call to the agents under panic guards. The crate must be built
@@ -16,6 +18,9 @@
 #[macro_export]
 macro_rules! export_plugin {
     (name: $name:expr, agents: [$($kind:ident $agent:ty),+ $(,)?] $(,)?) => {
+        $crate::export_plugin!(name: $name, version: env!("CARGO_PKG_VERSION"), agents: [$($kind $agent),+]);
+    };
+    (name: $name:expr, version: $version:expr, agents: [$($kind:ident $agent:ty),+ $(,)?] $(,)?) => {
         #[doc(hidden)]
         mod __agent_plugin_export {
             #[allow(unused_imports)]
@@ -24,7 +29,7 @@ macro_rules! export_plugin {
 
             static SPEC: p::PluginSpec = p::PluginSpec {
                 name: $name,
-                version: env!("CARGO_PKG_VERSION"),
+                version: $version,
                 panic_unwind: cfg!(panic = "unwind"),
                 agents: &[$($crate::__agent_spec!($kind $agent)),+],
             };

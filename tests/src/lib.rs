@@ -69,13 +69,19 @@ impl TestHost {
     /// Starts a host whose plugin directory holds `plugins` (file name, source file), and waits
     /// until it serves (its first scan is done).
     pub async fn start(plugins: &[(&str, PathBuf)]) -> TestHost {
+        Self::start_with(plugins, |_| {}).await
+    }
+
+    /// [`TestHost::start`] with a configuration adjusted by `tune`.
+    pub async fn start_with(plugins: &[(&str, PathBuf)], tune: impl FnOnce(&mut Config)) -> TestHost {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("creating the plugin directory");
         for (name, source) in plugins {
             std::fs::copy(source, plugin_dir.join(name)).expect("copying a plugin");
         }
-        let config = test_config(&plugin_dir, &dir.path().join("work"));
+        let mut config = test_config(&plugin_dir, &dir.path().join("work"));
+        tune(&mut config);
         let host = Host::new(config, host_exe());
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a gRPC port");
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding an admin port");

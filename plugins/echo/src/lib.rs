@@ -6,7 +6,9 @@
 //!   serves metrics (one result per query) and logs.
 //!
 //! Every answer names the plugin version in `custom_info.plugin_version`, which is how the
-//! reload tests tell generations apart. For tests of the host's error paths, `custom` may carry
+//! reload tests tell generations apart (they build a second echo with `AGENT_ECHO_VERSION`).
+//! `custom` may also carry `echo_sleep_ms: <n>`: `create`/`execute` then take that long, to hold
+//! a call in flight. For tests of the host's error paths, `custom` may carry
 //! `echo_error: "<message>"` (the agent fails) or `echo_panic: "<message>"` (the agent panics).
 
 use agent_plugin_api::{
@@ -15,17 +17,26 @@ use agent_plugin_api::{
 };
 use serde::{Deserialize, Serialize};
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The crate version, unless the build sets `AGENT_ECHO_VERSION` (the reload tests build a
+/// second, different echo that way).
+const VERSION: &str = match option_env!("AGENT_ECHO_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// Test switches read from `TaskTemplate.custom`.
 #[derive(Debug, Default, Deserialize)]
 struct Switches {
     echo_error: Option<String>,
     echo_panic: Option<String>,
+    echo_sleep_ms: Option<u64>,
 }
 
-fn check_switches(task: &TaskRequest) -> Result<(), AgentError> {
+async fn check_switches(task: &TaskRequest) -> Result<(), AgentError> {
     let s: Switches = task.custom()?;
+    if let Some(ms) = s.echo_sleep_ms {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     if let Some(message) = s.echo_panic {
         panic!("{message}");
     }
@@ -52,7 +63,7 @@ impl SyncAgent for EchoSync {
     }
 
     async fn execute(&self, _ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
-        check_switches(&task)?;
+        check_switches(&task).await?;
         Ok(echoed(task.inputs))
     }
 }
@@ -80,7 +91,7 @@ impl AsyncAgent for EchoAsync {
     }
 
     async fn create(&self, _ctx: &Context, task: TaskRequest) -> Result<EchoMeta, AgentError> {
-        check_switches(&task)?;
+        check_switches(&task).await?;
         let inputs = task.inputs.iter().map(|(n, l)| (n.to_string(), agent_plugin_api::encode_message(l))).collect();
         Ok(EchoMeta { created_by: VERSION.into(), inputs })
     }
@@ -108,4 +119,4 @@ impl AsyncAgent for EchoAsync {
     }
 }
 
-agent_plugin_api::export_plugin!(name: "echo", agents: [sync EchoSync, async EchoAsync]);
+agent_plugin_api::export_plugin!(name: "echo", version: VERSION, agents: [sync EchoSync, async EchoAsync]);
