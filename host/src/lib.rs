@@ -12,7 +12,7 @@
 //! * [`scan`]: the plugin directory's files, and the per-file status;
 //! * [`route`] and [`rpc`]: the routing fields of each request, and the RPCs by path;
 //! * [`service`] and [`grpc`]: what each RPC does, and tonic's plumbing around it;
-//! * [`admin`]: the metrics port (`/plugins`, `/healthz`);
+//! * [`admin`] and [`status`]: the metrics port (`/plugins`, `/healthz`), and the CLI view of it;
 //! * [`error`]: the one mapping from failures to gRPC statuses.
 //!
 //! [`run`] is the testable entry point: it serves on listeners the caller bound, until the
@@ -31,6 +31,7 @@ pub mod route;
 pub mod rpc;
 pub mod scan;
 pub mod service;
+pub mod status;
 
 use std::{
     collections::BTreeMap,

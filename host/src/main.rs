@@ -35,6 +35,15 @@ enum Command {
         #[arg(long)]
         plugin_dir: Option<PathBuf>,
     },
+    /// Show the plugins of a running host (from its metrics/admin port).
+    Status {
+        /// The admin address of the host.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        addr: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a plugin library in this process and describe it (exit 1 if it is refused).
     Check {
         /// Print a JSON report.
@@ -84,6 +93,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { json, file } => ExitCode::from(agent_host::check::run(&file, json) as u8),
+        Command::Status { addr, json } => match agent_host::status::fetch(&addr) {
+            Ok(status) if json => {
+                println!("{status}");
+                ExitCode::SUCCESS
+            }
+            Ok(status) => {
+                print!("{}", agent_host::status::render(&status));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("agent-host status: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config, host, port, metrics_port, plugin_dir } => {
             let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,

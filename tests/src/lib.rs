@@ -151,6 +151,24 @@ where
     client.unary(Request::new(request), http::uri::PathAndQuery::from_static(path), codec).await.map(|r| r.into_inner())
 }
 
+/// Flyte 1's ExecuteTaskSync as propeller calls it: the header, then the inputs, then the
+/// first response.
+pub async fn execute_sync(
+    channel: Channel,
+    header: agent_proto::flyteidl::admin::CreateRequestHeader,
+    inputs: agent_proto::flyteidl::core::LiteralMap,
+) -> Result<agent_proto::flyteidl::admin::ExecuteTaskSyncResponse, Status> {
+    use agent_proto::flyteidl::admin::{execute_task_sync_request::Part, ExecuteTaskSyncRequest, ExecuteTaskSyncResponse};
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let parts =
+        vec![ExecuteTaskSyncRequest { part: Some(Part::Header(header)) }, ExecuteTaskSyncRequest { part: Some(Part::Inputs(inputs)) }];
+    let codec = tonic_prost::ProstCodec::<ExecuteTaskSyncRequest, ExecuteTaskSyncResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/flyteidl.service.SyncAgentService/ExecuteTaskSync");
+    let mut responses = client.streaming(Request::new(tokio_stream::iter(parts)), path, codec).await?.into_inner();
+    responses.message().await?.ok_or_else(|| Status::internal("ExecuteTaskSync ended without a response"))
+}
+
 /// One unary call with raw bytes (for malformed requests).
 pub async fn unary_raw(channel: Channel, path: &'static str, request: bytes::Bytes) -> Result<bytes::Bytes, Status> {
     let mut client = tonic::client::Grpc::new(channel);

@@ -266,3 +266,22 @@ async fn a_call_in_flight_finishes_on_the_version_it_started_on() {
     assert_eq!(created_by(&done.resource_meta), "0.1.0");
     host.stop().await;
 }
+
+#[tokio::test]
+async fn the_status_command_shows_serving_and_refused_files() {
+    let host = TestHost::start_with(&[("echo.so", v1()), ("broken.so", fixture("init-error"))], fast).await;
+    let addr = host.admin_addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(agent_host_tests::host_exe()).args(["status", "--addr", &addr]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line =
+        |file: &str| text.lines().find(|l| l.starts_with(file)).unwrap_or_else(|| panic!("no line for {file} in\n{text}")).to_string();
+    assert!(line("echo.so").contains("serving") && line("echo.so").contains("0.1.0"), "{text}");
+    assert!(line("broken.so").contains("refused") && line("broken.so").contains("init_failed"), "{text}");
+    assert!(text.contains("agent Echo Async Agent (echo_async v0)"), "{text}");
+    host.stop().await;
+}
