@@ -109,6 +109,7 @@ import grpc_reflection.v1alpha.reflection_pb2_grpc
 import grpc_tools.protoc
 import google.protobuf
 import pytest
+import yaml
 print("setup-python: imports ok (protobuf %s)" % google.protobuf.__version__)
 PYEOF
 

@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint on the metrics port: `/plugins` (status JSON) and `/healthz`.
+//! The admin HTTP endpoint on the metrics port: `/metrics` (Prometheus), `/plugins` (status
+//! JSON) and `/healthz`.
 
 use std::sync::Arc;
 
@@ -26,8 +27,17 @@ async fn plugins(State(host): State<Arc<Host>>) -> Json<Value> {
     }))
 }
 
+async fn metrics(State(host): State<Arc<Host>>) -> ([(http::header::HeaderName, &'static str); 1], String) {
+    let text = host.service.metrics.render(&host.gauges());
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
 /// Serves the admin endpoints on `listener`.
 pub async fn serve(host: Arc<Host>, listener: TcpListener) -> std::io::Result<()> {
-    let app = Router::new().route("/plugins", get(plugins)).route("/healthz", get(|| async { "ok\n" })).with_state(host);
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/plugins", get(plugins))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(host);
     axum::serve(listener, app).await
 }

@@ -40,6 +40,18 @@ pub struct ServerConfig {
     pub metrics_port: u16,
     /// Largest message, in bytes.
     pub max_message_bytes: usize,
+    /// Server cap on a call's duration, in ms (0: none).
+    pub call_timeout_ms: u64,
+    /// Concurrent calls per agent (0: no limit).
+    pub max_calls_per_agent: usize,
+    /// Grace period for calls in flight at SIGTERM, in ms.
+    pub shutdown_grace_ms: u64,
+    /// HTTP/2 keepalive ping interval, in ms (0: off).
+    pub keepalive_interval_ms: u64,
+    /// HTTP/2 keepalive ping timeout, in ms.
+    pub keepalive_timeout_ms: u64,
+    /// Maximum connection age, in ms (0: unlimited).
+    pub max_connection_age_ms: u64,
 }
 
 /// `[loader]`.

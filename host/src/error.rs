@@ -31,6 +31,8 @@ pub enum RpcError {
     Plugin(Box<PluginFailure>),
     /// The host is shutting down.
     Draining,
+    /// The agent is at its concurrency limit.
+    Overloaded(String),
 }
 
 impl RpcError {
@@ -41,6 +43,7 @@ impl RpcError {
             RpcError::UnknownAgent(n) => Status::not_found(format!("Cannot find connector for name: {n}.")),
             RpcError::InvalidRequest(m) => Status::invalid_argument(m),
             RpcError::Draining => Status::unavailable("agent-host is shutting down"),
+            RpcError::Overloaded(m) => Status::resource_exhausted(m),
             RpcError::Plugin(f) => {
                 let PluginFailure { plugin, version, operation, task_type, error } = *f;
                 let code = match error.code {
@@ -61,6 +64,7 @@ impl RpcError {
         match self {
             RpcError::UnknownTaskType(_) | RpcError::UnknownAgent(_) => "404",
             RpcError::InvalidRequest(_) => "400",
+            RpcError::Overloaded(_) => "429",
             _ => "500",
         }
     }

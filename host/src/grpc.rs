@@ -121,6 +121,8 @@ service_names! {
 pub struct Limits {
     /// Largest message, either way.
     pub max_message_bytes: usize,
+    /// Server cap on a call's duration (the client's own deadline is applied by tonic).
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 /// One Flyte service, dispatching by method path to the shared [`Service`].
@@ -159,16 +161,41 @@ impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteServic
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let rpc = Rpc::from_path(req.uri().path()).filter(|r| req.uri().path()[1..].starts_with(N::NAME) && r.abi_or_meta());
         let service = self.service.clone();
-        let limit = self.limits.max_message_bytes;
+        let limits = self.limits;
         Box::pin(async move {
             let Some(rpc) = rpc else {
                 return Ok(Status::unimplemented(format!("method {} not found", req.uri().path())).into_http());
             };
+            if service.drain.is_draining() {
+                return Ok(RpcError::Draining.into_status().into_http());
+            }
+            let _active = service.begin();
+            let drain = service.drain.clone();
+            let limit = limits.max_message_bytes;
             let mut grpc = Grpc::new(RawCodec).max_decoding_message_size(limit).max_encoding_message_size(limit);
-            let response = match rpc.kind() {
-                Kind::Unary => grpc.unary(Unary { service, rpc }, req).await,
-                Kind::ServerStream => grpc.server_streaming(Logs { service, rpc }, req).await,
-                Kind::Bidi => grpc.streaming(Execute { service }, req).await,
+            let call = async {
+                match rpc.kind() {
+                    Kind::Unary => grpc.unary(Unary { service, rpc }, req).await,
+                    Kind::ServerStream => grpc.server_streaming(Logs { service, rpc }, req).await,
+                    Kind::Bidi => grpc.streaming(Execute { service }, req).await,
+                }
+            };
+            // Dropping the call (timeout, end of the shutdown grace) cancels the plugin's task.
+            let capped = async {
+                match limits.call_timeout {
+                    Some(cap) => tokio::time::timeout(cap, call).await.unwrap_or_else(|_| {
+                        Status::deadline_exceeded(format!(
+                            "the call ran past the server's limit of {} ms (server.call_timeout_ms)",
+                            cap.as_millis()
+                        ))
+                        .into_http()
+                    }),
+                    None => call.await,
+                }
+            };
+            let response = tokio::select! {
+                r = capped => r,
+                () = drain.stopped() => RpcError::Draining.into_status().into_http(),
             };
             Ok(fix_size_response(response))
         })
@@ -212,13 +239,19 @@ impl ServerStreamingService<Bytes> for Logs {
         Box::pin(async move {
             let (plugin, mut stream) = service.open_stream(rpc, request.into_inner()).await.map_err(RpcError::into_status)?;
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(4);
+            let drain = service.drain.clone();
+            let active = service.begin();
             tokio::spawn(async move {
                 // Holding the version keeps it alive (and its shutdown pending) while streaming.
-                let _plugin = plugin;
+                let (_plugin, _active) = (plugin, active);
                 loop {
                     let item = tokio::select! {
                         item = stream.next() => item,
                         () = tx.closed() => break,
+                        () = drain.stopped() => {
+                            let _ = tx.send(Err(RpcError::Draining.into_status())).await;
+                            break;
+                        }
                     };
                     let (item, last) = match item {
                         None => break,

@@ -13,6 +13,8 @@
 //! * [`route`] and [`rpc`]: the routing fields of each request, and the RPCs by path;
 //! * [`service`] and [`grpc`]: what each RPC does, and tonic's plumbing around it;
 //! * [`admin`] and [`status`]: the metrics port (`/plugins`, `/healthz`), and the CLI view of it;
+//! * [`metrics`]: Prometheus metrics (flytekit's families and the host's own);
+//! * [`shutdown`]: draining at SIGTERM, bounded by the grace period;
 //! * [`error`]: the one mapping from failures to gRPC statuses.
 //!
 //! [`run`] is the testable entry point: it serves on listeners the caller bound, until the
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod loader;
+pub mod metrics;
 pub mod plugin;
 pub mod registry;
 pub mod reload;
@@ -31,6 +34,7 @@ pub mod route;
 pub mod rpc;
 pub mod scan;
 pub mod service;
+pub mod shutdown;
 pub mod status;
 
 use std::{
@@ -51,6 +55,7 @@ use crate::{
     reload::Reloader,
     scan::FileStatus,
     service::Service,
+    shutdown::Shutdown,
 };
 
 /// Everything the running host shares between its tasks.
@@ -67,6 +72,8 @@ pub struct Host {
     /// Versions replaced or removed whose calls are still running (plugin, version,
     /// generation, calls in flight), as of the last rescan.
     pub draining: Mutex<Vec<(String, String, u64, i64)>>,
+    /// Starts the drain at shutdown (the service holds the receiving side).
+    pub shutdown: Shutdown,
 }
 
 /// Why the host could not run.
@@ -110,13 +117,32 @@ impl Host {
             secrets_env_prefix: config.secrets.env_prefix.clone(),
             max_log_level: max_log_level(&config.log.level),
         };
+        let (shutdown, drain) = Shutdown::new();
+        let service = Service::new(config.server.max_calls_per_agent, drain);
         Arc::new(Host {
             loader: Loader::new(settings),
-            service: Arc::new(Service::default()),
+            service: Arc::new(service),
             statuses: Mutex::new(BTreeMap::new()),
             draining: Mutex::new(Vec::new()),
+            shutdown,
             config,
         })
+    }
+
+    /// The gauges of `/metrics`, read from the current state.
+    pub fn gauges(&self) -> metrics::Gauges {
+        let snapshot = self.service.registry.snapshot();
+        let in_flight = snapshot
+            .plugins
+            .iter()
+            .flat_map(|p| p.agents().iter().enumerate().map(move |(i, a)| (p.name().to_string(), a.name.clone(), p.agent_in_flight(i))))
+            .collect();
+        metrics::Gauges {
+            plugins_serving: snapshot.plugins.len(),
+            mapped_libraries: self.loader.mapped_libraries(),
+            draining_versions: self.draining.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            in_flight,
+        }
     }
 
     /// Records the draining versions (see [`Host::draining`]).
@@ -164,9 +190,41 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| RunError(format!("reflection: {e}")))?;
 
-    let limits = Limits { max_message_bytes: host.config.server.max_message_bytes };
+    let server_cfg = &host.config.server;
+    let limits = Limits {
+        max_message_bytes: server_cfg.max_message_bytes,
+        call_timeout: (server_cfg.call_timeout_ms > 0).then(|| Duration::from_millis(server_cfg.call_timeout_ms)),
+    };
+    let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(millis(server_cfg.keepalive_interval_ms))
+        .http2_keepalive_timeout(millis(server_cfg.keepalive_timeout_ms));
+    if let Some(age) = millis(server_cfg.max_connection_age_ms) {
+        builder = builder.max_connection_age(age);
+    }
+
+    // Shutdown: NOT_SERVING at once, stop accepting (tonic drops the listener), let calls in
+    // flight finish, and end what still runs when the grace period is over.
+    let grace = Duration::from_millis(server_cfg.shutdown_grace_ms);
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let (host, reporter) = (host.clone(), reporter.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            host.shutdown.start_draining();
+            for name in std::iter::once("").chain(rpc::service::ALL) {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: NOT_SERVING, no new connections, draining calls in flight");
+            let _ = stop_accepting.send(());
+            tokio::time::sleep(grace).await;
+            tracing::warn!("shutdown grace period over: ending the calls still in flight with UNAVAILABLE");
+            host.shutdown.stop_now();
+        })
+    };
+
     let svc = host.service.clone();
-    let server = tonic::transport::Server::builder()
+    let server = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -175,7 +233,9 @@ pub async fn run(
         .add_service(FlyteService::<V1Metadata>::new(svc.clone(), limits))
         .add_service(FlyteService::<V2Async>::new(svc.clone(), limits))
         .add_service(FlyteService::<V2Metadata>::new(svc, limits))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown);
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
+            let _ = accepting_stopped.await;
+        });
 
     if let Some(listener) = admin {
         let host = host.clone();
@@ -192,8 +252,11 @@ pub async fn run(
         async move {
             let mut reloader = Reloader::default();
             host.first_scan(&mut reloader).await;
-            for name in std::iter::once("").chain(rpc::service::ALL) {
-                reporter.set_service_status(name, ServingStatus::Serving).await;
+            // A shutdown that came during the first scan wins: never flip back to SERVING.
+            if !host.service.drain.is_draining() {
+                for name in std::iter::once("").chain(rpc::service::ALL) {
+                    reporter.set_service_status(name, ServingStatus::Serving).await;
+                }
             }
             let serving = host.service.registry.snapshot().plugins.len();
             tracing::info!(plugins = serving, "first plugin scan done; serving");
@@ -201,7 +264,41 @@ pub async fn run(
             reporter
         }
     };
-    let (served, _reporter) = tokio::join!(server, loading);
+    let loading = tokio::spawn(loading);
+    // The server ends when its connections are done; but a client may hold a connection open
+    // with a stream that never ends (a health Watch). So once draining has started and no Flyte
+    // call is left (or the grace period is over), give the last answers a moment and stop.
+    let drained = {
+        let service = host.service.clone();
+        async move {
+            service.drain.draining().await;
+            let deadline = async { service.drain.stopped().await };
+            tokio::pin!(deadline);
+            loop {
+                if service.active_calls() == 0 {
+                    break;
+                }
+                tokio::select! {
+                    () = &mut deadline => break,
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let served = tokio::select! {
+        r = server => r,
+        () = drained => Ok(()),
+    };
+    loading.abort();
+    signal.abort();
     let _ = stop_watch.send(true);
+    // Retire every plugin version and give their shutdown hooks a moment.
+    host.service.registry.store(registry::Snapshot::default());
+    let late = tokio::task::spawn_blocking(|| plugin::join_shutdowns(Duration::from_secs(5))).await.unwrap_or(0);
+    if late > 0 {
+        tracing::warn!(plugins = late, "plugin shutdown hooks still running at exit");
+    }
+    tracing::info!("agent-host stopped");
     served.map_err(|e| RunError(format!("gRPC server: {e}")))
 }

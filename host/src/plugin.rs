@@ -33,8 +33,8 @@ pub struct PluginVersion {
     pub loaded_at: SystemTime,
     /// Load counter of this process: tells versions of the same file apart.
     pub generation: u64,
-    /// Calls running in this version right now.
-    in_flight: AtomicI64,
+    /// Calls running in this version right now, per agent.
+    in_flight: Box<[AtomicI64]>,
 }
 
 impl std::fmt::Debug for PluginVersion {
@@ -56,7 +56,8 @@ impl PluginVersion {
         loaded_at: SystemTime,
         generation: u64,
     ) -> Self {
-        Self { module, descriptor, source, sha256, loaded_at, generation, in_flight: AtomicI64::new(0) }
+        let in_flight = descriptor.agents.iter().map(|_| AtomicI64::new(0)).collect();
+        Self { module, descriptor, source, sha256, loaded_at, generation, in_flight }
     }
 
     /// Plugin name.
@@ -76,12 +77,25 @@ impl PluginVersion {
 
     /// Calls running in this version.
     pub fn in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Calls running in agent number `agent`.
+    pub fn agent_in_flight(&self, agent: usize) -> i64 {
+        self.in_flight.get(agent).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Counts a call into agent `agent` for as long as the returned slot lives; `None` when
+    /// the agent already runs `limit` calls (0: no limit).
+    pub fn enter(&self, agent: u32, limit: usize) -> Option<InFlight<'_>> {
+        let counter = self.in_flight.get(agent as usize)?;
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        let slot = InFlight(counter);
+        (limit == 0 || before < limit as i64).then_some(slot)
     }
 
     /// One unary call. The request bytes are lent to the plugin without a copy.
     pub async fn call(&self, agent: u32, method: u32, request: Bytes) -> Result<Bytes, PluginError> {
-        let _count = InFlight::new(&self.in_flight);
         let fut = (self.module.call())(agent, method, FfiBytes::new(request));
         match CatchUnwind(fut).await {
             Ok(RResult::ROk(bytes)) => Ok(Bytes::from_owner(bytes)),
@@ -112,25 +126,42 @@ impl Drop for PluginVersion {
                 tracing::debug!(plugin = %name, "plugin version retired");
             }
         });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a thread for a plugin's shutdown");
+        match spawned {
+            Ok(handle) => SHUTDOWNS.lock().unwrap_or_else(|p| p.into_inner()).push(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start a thread for a plugin's shutdown"),
         }
     }
+}
+
+/// Plugin shutdowns started and not yet joined.
+static SHUTDOWNS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> = std::sync::Mutex::new(Vec::new());
+
+/// Waits (at most `timeout`) for the plugin shutdowns started so far; returns how many did not
+/// finish in time.
+pub fn join_shutdowns(timeout: std::time::Duration) -> usize {
+    let deadline = std::time::Instant::now() + timeout;
+    let handles = std::mem::take(&mut *SHUTDOWNS.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut late = 0;
+    for h in handles {
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            late += 1;
+        }
+    }
+    late
 }
 
 fn panicked() -> PluginError {
     PluginError { code: ERR_PANIC, message: "the plugin's future panicked while being polled".into() }
 }
 
-/// Counts a call in flight while alive.
-struct InFlight<'a>(&'a AtomicI64);
-
-impl<'a> InFlight<'a> {
-    fn new(counter: &'a AtomicI64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
+/// A call counted in flight while alive.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicI64);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {

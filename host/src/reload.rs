@@ -234,12 +234,14 @@ impl Reloader {
                     None => tracing::info!(file = %path.display(), plugin = plugin.name(), version = plugin.version(), "plugin loaded"),
                 }
                 statuses.insert(path.clone(), FileStatus::serving(&plugin));
+                host.service.metrics.loaded(plugin.name());
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), reason = e.reason(), keeps_serving = ?serving.map(|p| p.version()), "plugin refused: {e}");
                 let entry = statuses.entry(path.clone()).or_insert_with(|| FileStatus::new(path));
                 entry.refused(&file.sha256, &e);
+                host.service.metrics.load_failed(e.reason());
                 Err(())
             }
         }

@@ -19,8 +19,11 @@ struct TemplateView {
 }
 
 /// CreateTask (v1 and v2) and `CreateRequestHeader`'s template field numbers differ: 2 and 1.
+/// The inputs (field 1) are only measured: decoding into `Bytes` from `Bytes` is a slice.
 #[derive(Clone, PartialEq, Message)]
 struct CreateView {
+    #[prost(bytes = "bytes", tag = "1")]
+    inputs: Bytes,
     #[prost(message, optional, tag = "2")]
     template: Option<TemplateView>,
 }
@@ -89,30 +92,41 @@ fn by_category(category: Option<CategoryView>, task_type: String, v1: bool) -> T
     }
 }
 
+/// What routing read from a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The agent's task type and version.
+    pub key: TaskKey,
+    /// CreateTask: the encoded size of the inputs (for flytekit's input-size metric).
+    pub inputs_len: Option<usize>,
+}
+
 /// The routing key of a unary or streaming request.
-pub fn task_key(rpc: Rpc, body: &[u8]) -> Result<TaskKey, RpcError> {
+pub fn task_key(rpc: Rpc, body: &Bytes) -> Result<Routed, RpcError> {
     use Rpc::*;
     let v1 = rpc.is_v1();
+    let key = |key: TaskKey| Ok(Routed { key, inputs_len: None });
     match rpc {
         V1Create | V2Create => {
-            let t = CreateView::decode(body).map_err(|e| invalid(rpc, e))?.template.unwrap_or_default();
-            Ok(TaskKey { name: t.r#type, version: t.task_type_version })
+            let view = CreateView::decode(body.clone()).map_err(|e| invalid(rpc, e))?;
+            let t = view.template.unwrap_or_default();
+            Ok(Routed { key: TaskKey { name: t.r#type, version: t.task_type_version }, inputs_len: Some(view.inputs.len()) })
         }
         V1Get | V2Get | V1Delete | V2Delete => {
-            let v = ByCategory3::decode(body).map_err(|e| invalid(rpc, e))?;
-            Ok(by_category(v.task_category, v.task_type, v1))
+            let v = ByCategory3::decode(body.as_ref()).map_err(|e| invalid(rpc, e))?;
+            key(by_category(v.task_category, v.task_type, v1))
         }
         V1Logs | V2Logs => {
-            let v = ByCategory5::decode(body).map_err(|e| invalid(rpc, e))?;
-            Ok(by_category(v.task_category, v.task_type, v1))
+            let v = ByCategory5::decode(body.as_ref()).map_err(|e| invalid(rpc, e))?;
+            key(by_category(v.task_category, v.task_type, v1))
         }
         V1Metrics | V2Metrics => {
-            let v = ByCategory7::decode(body).map_err(|e| invalid(rpc, e))?;
-            Ok(by_category(v.task_category, v.task_type, v1))
+            let v = ByCategory7::decode(body.as_ref()).map_err(|e| invalid(rpc, e))?;
+            key(by_category(v.task_category, v.task_type, v1))
         }
         V1Execute => {
-            let t = HeaderView::decode(body).map_err(|e| invalid(rpc, e))?.template.unwrap_or_default();
-            Ok(TaskKey { name: t.r#type, version: t.task_type_version })
+            let t = HeaderView::decode(body.as_ref()).map_err(|e| invalid(rpc, e))?.template.unwrap_or_default();
+            key(TaskKey { name: t.r#type, version: t.task_type_version })
         }
         _ => Err(RpcError::InvalidRequest(format!("{} is not routed to an agent", rpc.name()))),
     }
@@ -173,8 +187,9 @@ mod tests {
             inputs: Some(core::LiteralMap::default()),
             ..Default::default()
         };
-        let key = task_key(Rpc::V1Create, &req.encode_to_vec()).unwrap();
-        assert_eq!(key, TaskKey { name: "bq".into(), version: 2 });
+        let routed = task_key(Rpc::V1Create, &req.encode_to_vec().into()).unwrap();
+        assert_eq!(routed.key, TaskKey { name: "bq".into(), version: 2 });
+        assert_eq!(routed.inputs_len, Some(0), "an empty LiteralMap is present with length 0");
     }
 
     #[test]
@@ -185,9 +200,9 @@ mod tests {
             task_category: Some(admin::TaskCategory { name: "new".into(), version: 1 }),
             ..Default::default()
         };
-        assert_eq!(task_key(Rpc::V1Get, &req.encode_to_vec()).unwrap(), TaskKey { name: "new".into(), version: 1 });
+        assert_eq!(task_key(Rpc::V1Get, &req.encode_to_vec().into()).unwrap().key, TaskKey { name: "new".into(), version: 1 });
         let req = admin::GetTaskRequest { task_type: "old".into(), ..Default::default() };
-        assert_eq!(task_key(Rpc::V1Get, &req.encode_to_vec()).unwrap(), TaskKey { name: "old".into(), version: 0 });
+        assert_eq!(task_key(Rpc::V1Get, &req.encode_to_vec().into()).unwrap().key, TaskKey { name: "old".into(), version: 0 });
     }
 
     #[test]
@@ -197,15 +212,15 @@ mod tests {
             task_category: Some(admin::TaskCategory { name: "m".into(), version: 3 }),
             ..Default::default()
         };
-        assert_eq!(task_key(Rpc::V1Metrics, &m.encode_to_vec()).unwrap(), TaskKey { name: "m".into(), version: 3 });
+        assert_eq!(task_key(Rpc::V1Metrics, &m.encode_to_vec().into()).unwrap().key, TaskKey { name: "m".into(), version: 3 });
         let l =
             admin::GetTaskLogsRequest { task_category: Some(admin::TaskCategory { name: "l".into(), version: 4 }), ..Default::default() };
-        assert_eq!(task_key(Rpc::V2Logs, &l.encode_to_vec()).unwrap(), TaskKey { name: "l".into(), version: 4 });
+        assert_eq!(task_key(Rpc::V2Logs, &l.encode_to_vec().into()).unwrap().key, TaskKey { name: "l".into(), version: 4 });
     }
 
     #[test]
     fn garbage_is_invalid_argument() {
-        let err = task_key(Rpc::V1Create, b"\xff\xff\xff").unwrap_err();
+        let err = task_key(Rpc::V1Create, &Bytes::from_static(b"\xff\xff\xff")).unwrap_err();
         assert!(matches!(err, RpcError::InvalidRequest(_)), "{err:?}");
     }
 

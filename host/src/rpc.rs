@@ -133,6 +133,18 @@ impl Rpc {
         }
     }
 
+    /// The operation label of flytekit's request metrics, for the RPCs it counts.
+    pub fn flytekit_operation(self) -> Option<&'static str> {
+        use Rpc::*;
+        match self {
+            V1Create | V2Create => Some("create"),
+            V1Get | V2Get => Some("get"),
+            V1Delete | V2Delete => Some("delete"),
+            V1Execute => Some("do"),
+            _ => None,
+        }
+    }
+
     /// The method name, for messages.
     pub fn name(self) -> &'static str {
         use Rpc::*;

@@ -1,6 +1,6 @@
 //! What each RPC does: route to an agent, or answer discovery from the registry.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use agent_plugin_abi::PluginError;
 use agent_proto::{flyteidl::admin, flyteidl2::connector};
@@ -10,10 +10,12 @@ use tonic::{Status, Streaming};
 
 use crate::{
     error::{PluginFailure, RpcError},
+    metrics::Metrics,
     plugin::{PluginStream, PluginVersion},
     registry::{Registry, Snapshot},
     route::{self, TaskKey},
     rpc::Rpc,
+    shutdown::Drain,
 };
 
 /// The request-serving half of the host: the registry and what answers from it.
@@ -21,6 +23,25 @@ use crate::{
 pub struct Service {
     /// Which plugin version serves which task type.
     pub registry: Registry,
+    /// Request and plugin metrics.
+    pub metrics: Metrics,
+    /// Most calls one agent may run at once (0: no limit).
+    pub max_calls_per_agent: usize,
+    /// Fires at shutdown; calls still running when the grace period ends are cut short.
+    pub drain: Drain,
+    /// Calls (and log streams) running in the Flyte services, so a shutdown knows when its
+    /// work is done without waiting for long-lived streams of other services (health Watch).
+    active: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a call as active while alive.
+#[derive(Debug)]
+pub struct ActiveCall(Arc<Service>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 fn plugin_error(plugin: &PluginVersion, rpc: Rpc, key: &TaskKey, error: PluginError) -> RpcError {
@@ -63,13 +84,75 @@ fn decode_name(rpc: Rpc, body: &[u8]) -> Result<String, RpcError> {
 }
 
 impl Service {
+    /// A service with these limits and this drain signal.
+    pub fn new(max_calls_per_agent: usize, drain: Drain) -> Service {
+        Service { max_calls_per_agent, drain, ..Service::default() }
+    }
+
+    /// Marks a call active until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> ActiveCall {
+        self.active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ActiveCall(self.clone())
+    }
+
+    /// Calls and log streams running now.
+    pub fn active_calls(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Finds the agent for a routed request.
-    fn route(&self, rpc: Rpc, body: &[u8]) -> Result<(TaskKey, Arc<PluginVersion>, u32), RpcError> {
-        let key = route::task_key(rpc, body)?;
-        match self.registry.snapshot().route(&key) {
-            Some((plugin, agent)) => Ok((key, plugin, agent)),
-            None => Err(RpcError::UnknownTaskType(key.name)),
+    fn route(&self, rpc: Rpc, body: &Bytes) -> Result<(route::Routed, Arc<PluginVersion>, u32), RpcError> {
+        let routed = route::task_key(rpc, body)?;
+        match self.registry.snapshot().route(&routed.key) {
+            Some((plugin, agent)) => Ok((routed, plugin, agent)),
+            None => Err(RpcError::UnknownTaskType(routed.key.name)),
         }
+    }
+
+    /// Calls the agent within its concurrency limit, counting panics.
+    async fn invoke(&self, plugin: &Arc<PluginVersion>, agent: u32, rpc: Rpc, key: &TaskKey, body: Bytes) -> Result<Bytes, RpcError> {
+        let Some(_slot) = plugin.enter(agent, self.max_calls_per_agent) else {
+            self.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(RpcError::Overloaded(format!(
+                "agent {} of plugin {} {} is running {} calls (server.max_calls_per_agent)",
+                plugin.agents().get(agent as usize).map(|a| a.name.as_str()).unwrap_or("?"),
+                plugin.name(),
+                plugin.version(),
+                self.max_calls_per_agent
+            )));
+        };
+        let method = rpc.abi_method().expect("routed RPCs have an ABI method");
+        plugin.call(agent, method, body).await.map_err(|e| {
+            if e.code == agent_plugin_abi::ERR_PANIC {
+                self.metrics.panicked(plugin.name());
+            }
+            plugin_error(plugin, rpc, key, e)
+        })
+    }
+
+    /// A routed unary RPC, with flytekit's request metrics.
+    async fn routed(&self, rpc: Rpc, body: Bytes) -> Result<Bytes, RpcError> {
+        let started = Instant::now();
+        let (task_type, result) = match route::task_key(rpc, &body) {
+            Err(e) => (String::new(), Err(e)),
+            Ok(routed) => {
+                let found = self.registry.snapshot().route(&routed.key);
+                match found {
+                    None => (routed.key.name.clone(), Err(RpcError::UnknownTaskType(routed.key.name))),
+                    Some((plugin, agent)) => {
+                        if let Some(n) = routed.inputs_len {
+                            self.metrics.input_bytes(&routed.key.name, n);
+                        }
+                        let r = self.invoke(&plugin, agent, rpc, &routed.key, body).await;
+                        (routed.key.name, r)
+                    }
+                }
+            }
+        };
+        if let Some(op) = rpc.flytekit_operation() {
+            self.metrics.request(&task_type, op, started.elapsed(), result.as_ref().err().map(RpcError::metric_code));
+        }
+        result
     }
 
     /// A unary RPC.
@@ -89,20 +172,16 @@ impl Service {
                 let c = agents_v2(&self.registry.snapshot()).find(|a| a.name == name).ok_or(RpcError::UnknownAgent(name))?;
                 connector::GetConnectorResponse { connector: Some(c) }.encode_to_vec()
             }
-            _ => {
-                let (key, plugin, agent) = self.route(rpc, &body)?;
-                let method = rpc.abi_method().expect("routed RPCs have an ABI method");
-                return plugin.call(agent, method, body).await.map_err(|e| plugin_error(&plugin, rpc, &key, e));
-            }
+            _ => return self.routed(rpc, body).await,
         };
         Ok(Bytes::from(encoded))
     }
 
     /// A server-streaming RPC (GetTaskLogs): the plugin's stream, with the version it runs on.
     pub async fn open_stream(&self, rpc: Rpc, body: Bytes) -> Result<(Arc<PluginVersion>, PluginStream), RpcError> {
-        let (key, plugin, agent) = self.route(rpc, &body)?;
+        let (routed, plugin, agent) = self.route(rpc, &body)?;
         let method = rpc.abi_method().expect("routed RPCs have an ABI method");
-        let stream = plugin.open_stream(agent, method, body).await.map_err(|e| plugin_error(&plugin, rpc, &key, e))?;
+        let stream = plugin.open_stream(agent, method, body).await.map_err(|e| plugin_error(&plugin, rpc, &routed.key, e))?;
         Ok((plugin, stream))
     }
 
@@ -110,27 +189,38 @@ impl Service {
     /// that order, as propeller sends them) and answers with the agent's one response.
     pub async fn execute(&self, mut incoming: Streaming<Bytes>) -> Result<Bytes, Status> {
         let rpc = Rpc::V1Execute;
-        let invalid = |m: &str| Status::from(RpcError::InvalidRequest(m.to_string()));
+        let started = Instant::now();
+        let invalid = |m: &str| RpcError::InvalidRequest(m.to_string());
         let undecodable = |e: String| invalid(&format!("ExecuteTaskSync request does not decode: {e}"));
-        let first = incoming
-            .message()
-            .await
-            .map_err(crate::grpc::fix_size_status)?
-            .ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its header"))?;
-        let header = route::field_bytes(&first, 1)
-            .map_err(undecodable)?
-            .ok_or_else(|| invalid("ExecuteTaskSync: the first message must be the header"))?;
-        let (key, plugin, agent) = self.route(rpc, &header)?;
-        let second = incoming
-            .message()
-            .await
-            .map_err(crate::grpc::fix_size_status)?
-            .ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its inputs"))?;
-        let inputs = route::field_bytes(&second, 2)
-            .map_err(undecodable)?
-            .ok_or_else(|| invalid("ExecuteTaskSync: the second message must be the inputs"))?;
-        let request = Bytes::from(route::execute_request(&header, &inputs));
-        let method = rpc.abi_method().expect("routed RPCs have an ABI method");
-        plugin.call(agent, method, request).await.map_err(|e| plugin_error(&plugin, rpc, &key, e).into_status())
+        let mut task_type = String::new();
+        let result: Result<Bytes, Status> = async {
+            let first = incoming
+                .message()
+                .await
+                .map_err(crate::grpc::fix_size_status)?
+                .ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its header"))?;
+            let header = route::field_bytes(&first, 1)
+                .map_err(undecodable)?
+                .ok_or_else(|| invalid("ExecuteTaskSync: the first message must be the header"))?;
+            let routed = route::task_key(rpc, &header)?;
+            task_type = routed.key.name.clone();
+            let (plugin, agent) =
+                self.registry.snapshot().route(&routed.key).ok_or_else(|| RpcError::UnknownTaskType(routed.key.name.clone()))?;
+            let second = incoming
+                .message()
+                .await
+                .map_err(crate::grpc::fix_size_status)?
+                .ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its inputs"))?;
+            let inputs = route::field_bytes(&second, 2)
+                .map_err(undecodable)?
+                .ok_or_else(|| invalid("ExecuteTaskSync: the second message must be the inputs"))?;
+            self.metrics.input_bytes(&routed.key.name, inputs.len());
+            let request = Bytes::from(route::execute_request(&header, &inputs));
+            Ok(self.invoke(&plugin, agent, rpc, &routed.key, request).await?)
+        }
+        .await;
+        let code = result.as_ref().err().map(|s| if s.code() == tonic::Code::NotFound { "404" } else { "500" });
+        self.metrics.request(&task_type, "do", started.elapsed(), code);
+        result
     }
 }

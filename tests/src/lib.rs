@@ -178,3 +178,104 @@ pub async fn unary_raw(channel: Channel, path: &'static str, request: bytes::Byt
         .await
         .map(|r| r.into_inner())
 }
+
+/// `GET http://<addr><path>`: (status line, body). Plain HTTP/1.1, for the admin port.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connecting to the admin port");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+/// The host binary running as a child process (for signals and exit codes).
+pub struct HostProcess {
+    /// The child.
+    pub child: std::process::Child,
+    /// gRPC address.
+    pub addr: std::net::SocketAddr,
+    /// Admin address.
+    pub admin_addr: std::net::SocketAddr,
+    /// The plugin directory.
+    pub plugin_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HostProcess {
+    /// Starts `agent-host serve` with `extra_config` (TOML appended to a loopback config) and
+    /// these plugins, and waits until it serves.
+    pub async fn start(plugins: &[(&str, PathBuf)], extra_config: &str) -> HostProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        for (name, source) in plugins {
+            std::fs::copy(source, plugin_dir.join(name)).unwrap();
+        }
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhost = \"127.0.0.1\"\nport = 0\nmetrics_port = 0\n{extra_config}\n[loader]\nplugin_dir = {:?}\nwork_dir = {:?}\n",
+                plugin_dir,
+                dir.path().join("work")
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(host_exe())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("starting agent-host");
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let field = |k: &str| -> std::net::SocketAddr {
+            line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or_else(|| panic!("no {k} in {line:?}")).parse().unwrap()
+        };
+        let (addr, admin_addr) = (field("grpc="), field("metrics="));
+        let me = HostProcess { child, addr, admin_addr, plugin_dir, _dir: dir };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            if http_get(admin_addr, "/healthz").await.0.contains("200") {
+                if let Ok(ch) = me.channel().await {
+                    let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                    let r: Result<tonic_health::pb::HealthCheckResponse, _> = unary(ch, "/grpc.health.v1.Health/Check", req).await;
+                    if r.map(|r| r.status == 1).unwrap_or(false) {
+                        return me;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("agent-host did not become SERVING within 60 s");
+    }
+
+    /// A channel to the host.
+    pub async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await
+    }
+
+    /// Sends a signal (by name, e.g. "TERM").
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap().success();
+        assert!(ok, "kill -{name} failed");
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

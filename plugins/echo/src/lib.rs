@@ -8,7 +8,8 @@
 //! Every answer names the plugin version in `custom_info.plugin_version`, which is how the
 //! reload tests tell generations apart (they build a second echo with `AGENT_ECHO_VERSION`).
 //! `custom` may also carry `echo_sleep_ms: <n>`: `create`/`execute` then take that long, to hold
-//! a call in flight. For tests of the host's error paths, `custom` may carry
+//! a call in flight; the metrics query `echo.cancelled_calls` counts such sleeps the host cut
+//! short. For tests of the host's error paths, `custom` may carry
 //! `echo_error: "<message>"` (the agent fails) or `echo_panic: "<message>"` (the agent panics).
 
 use agent_plugin_api::{
@@ -16,6 +17,7 @@ use agent_plugin_api::{
     log_line, AgentError, AsyncAgent, Context, Literals, LogStream, LogsQuery, MetricsQuery, Resource, SyncAgent, TaskRequest,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The crate version, unless the build sets `AGENT_ECHO_VERSION` (the reload tests build a
 /// second, different echo that way).
@@ -23,6 +25,20 @@ const VERSION: &str = match option_env!("AGENT_ECHO_VERSION") {
     Some(v) => v,
     None => env!("CARGO_PKG_VERSION"),
 };
+
+/// Sleeps cut short by a cancelled call (the host dropped it: client deadline, server cap,
+/// shutdown). Reported by the metrics query `echo.cancelled_calls`, for the host's tests.
+static CANCELLED: AtomicU64 = AtomicU64::new(0);
+
+struct CountIfCancelled(bool);
+
+impl Drop for CountIfCancelled {
+    fn drop(&mut self) {
+        if self.0 {
+            CANCELLED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Test switches read from `TaskTemplate.custom`.
 #[derive(Debug, Default, Deserialize)]
@@ -35,7 +51,9 @@ struct Switches {
 async fn check_switches(task: &TaskRequest) -> Result<(), AgentError> {
     let s: Switches = task.custom()?;
     if let Some(ms) = s.echo_sleep_ms {
+        let mut unfinished = CountIfCancelled(true);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        unfinished.0 = false;
     }
     if let Some(message) = s.echo_panic {
         panic!("{message}");
@@ -109,7 +127,13 @@ impl AsyncAgent for EchoAsync {
     }
 
     async fn metrics(&self, _ctx: &Context, _meta: EchoMeta, query: MetricsQuery) -> Result<Vec<ExecutionMetricResult>, AgentError> {
-        Ok(query.queries.into_iter().map(|metric| ExecutionMetricResult { metric, data: None }).collect())
+        let data = |metric: &str| {
+            (metric == "echo.cancelled_calls").then(|| {
+                let n = CANCELLED.load(Ordering::Relaxed) as f64;
+                agent_plugin_api::json::json_to_struct(&serde_json::json!({ "value": n }))
+            })
+        };
+        Ok(query.queries.into_iter().map(|metric| ExecutionMetricResult { data: data(&metric), metric }).collect())
     }
 
     async fn logs(&self, _ctx: &Context, meta: EchoMeta, _query: LogsQuery) -> Result<LogStream, AgentError> {
