@@ -20,6 +20,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build the host, the plugins and the test fixtures"
 bash tests/build-fixtures.sh
 
+step "the plugin template and the guide's example, as an author builds them"
+bash tests/template-check.sh
+
 step "cargo test"
 cargo test --workspace --locked
 

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod grpc;
 pub mod loader;
 pub mod metrics;

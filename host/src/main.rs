@@ -1,4 +1,4 @@
-//! The `agent-host` command: `serve` and `check`.
+//! The `agent-host` command: `serve`, `status`, `check` and `exec`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -41,6 +41,44 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         addr: String,
         /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one task through a plugin library as Flyte would: load it like `serve` does, then
+    /// ExecuteTaskSync (sync agents) or CreateTask and GetTask until a terminal phase
+    /// (DeleteTask on Ctrl-C). Prints each phase and the outputs; exit 0 when it succeeded,
+    /// 1 when it failed, 2 when it could not run.
+    Exec {
+        /// The plugin library.
+        file: PathBuf,
+        /// Task type (`TaskTemplate.type`).
+        #[arg(long)]
+        task_type: String,
+        /// Task type version.
+        #[arg(long, default_value_t = 0)]
+        task_type_version: i32,
+        /// JSON file with template fields: {"custom": {...}, "config": {...}}.
+        #[arg(long)]
+        template: Option<PathBuf>,
+        /// JSON file of inputs by name (plain JSON, or {"$datetime": …}, {"$file": …}, {"$msgpack": …}…).
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        /// Configuration file (TOML): its [plugins.<name>] table, secrets and loader settings apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output prefix of the attempt.
+        #[arg(long, default_value = "file:///tmp/agent-host-exec/outputs")]
+        output_prefix: String,
+        /// Milliseconds between GetTask calls.
+        #[arg(long, default_value_t = 1000)]
+        poll_interval_ms: u64,
+        /// Most GetTask calls before giving up (then DeleteTask).
+        #[arg(long, default_value_t = 600)]
+        max_polls: u32,
+        /// Abort (DeleteTask) after this many GetTask calls.
+        #[arg(long)]
+        abort_after: Option<u32>,
+        /// Print one JSON report at the end instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +131,49 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { json, file } => ExitCode::from(agent_host::check::run(&file, json) as u8),
+        Command::Exec {
+            file,
+            task_type,
+            task_type_version,
+            template,
+            inputs,
+            config,
+            output_prefix,
+            poll_interval_ms,
+            max_polls,
+            abort_after,
+            json,
+        } => {
+            let cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("agent-host: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg);
+            let options = agent_host::exec::ExecOptions {
+                file,
+                task_type,
+                task_type_version,
+                template,
+                inputs,
+                output_prefix,
+                poll_interval: std::time::Duration::from_millis(poll_interval_ms),
+                max_polls: max_polls.max(1),
+                abort_after,
+                json,
+            };
+            let (runtime, exe) = match (tokio::runtime::Runtime::new(), std::env::current_exe()) {
+                (Ok(r), Ok(exe)) => (r, exe),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("agent-host: cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let outcome = runtime.block_on(agent_host::exec::run(cfg, exe, options, &mut std::io::stdout()));
+            ExitCode::from(outcome.exit_code())
+        }
         Command::Status { addr, json } => match agent_host::status::fetch(&addr) {
             Ok(status) if json => {
                 println!("{status}");

@@ -25,7 +25,24 @@ impl Default for Shared {
 }
 
 /// The per-call context of an agent: its plugin's configuration, secrets, and (Flyte 2) the
-/// connection the executor resolved for this task.
+/// connection the executor resolved for this task. (The task's execution metadata comes with
+/// the task: [`crate::TaskRequest::metadata`].)
+///
+/// ```
+/// use agent_plugin_api::{serde_json::json, Context};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Config {
+///     base_url: String,
+/// }
+///
+/// // In the host: the `[plugins.<name>]` table of its config file; here, built for a test.
+/// let ctx = Context::for_tests(json!({"base_url": "https://jobs.example.com"})).with_secret("api_key", "k-123");
+/// let config: Config = ctx.config().unwrap();
+/// assert_eq!(config.base_url, "https://jobs.example.com");
+/// assert_eq!(ctx.secret("jobs", "api_key").unwrap(), "k-123");
+/// assert!(ctx.secret("jobs", "missing").unwrap_err().message().contains("_FSEC_JOBS_MISSING"));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Context {
     pub(crate) shared: Arc<Shared>,
@@ -78,7 +95,11 @@ impl Context {
         if let Some(v) = self.secrets.get(key) {
             return Ok(v.clone());
         }
-        let env = format!("{}{}_{}", self.shared.secrets_env_prefix, group.to_uppercase(), key.to_uppercase());
+        // Without a group, flytekit reads `<prefix><KEY>` and `<dir>/<key>`.
+        let env = match group {
+            "" => format!("{}{}", self.shared.secrets_env_prefix, key.to_uppercase()),
+            g => format!("{}{}_{}", self.shared.secrets_env_prefix, g.to_uppercase(), key.to_uppercase()),
+        };
         if let Ok(v) = std::env::var(&env) {
             return Ok(v);
         }
@@ -100,5 +121,33 @@ impl Context {
     /// The protocol of the current call.
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_resolve_connection_then_env_then_file() {
+        let dir = std::env::temp_dir().join(format!("agent-plugin-api-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(dir.join("db").join("password"), "from-file\n").unwrap();
+        std::fs::write(dir.join("solo_token"), "solo-file").unwrap();
+        let ctx = Context::for_tests(serde_json::json!({})).with_secrets_dir(&dir);
+        assert_eq!(ctx.secret("db", "password").unwrap(), "from-file", "the file, trailing newline removed");
+        std::env::set_var("_FSEC_DB_PASSWORD", "from-env");
+        assert_eq!(ctx.secret("db", "password").unwrap(), "from-env", "the environment wins over files");
+        let ctx = ctx.with_secret("password", "from-connection");
+        assert_eq!(ctx.secret("db", "password").unwrap(), "from-connection", "Flyte 2's connection wins over both");
+        // Without a group, as flytekit: <prefix><KEY> and <dir>/<key>.
+        let plain = Context::for_tests(serde_json::json!({})).with_secrets_dir(&dir);
+        assert_eq!(plain.secret("", "solo_token").unwrap(), "solo-file");
+        std::env::set_var("_FSEC_SOLO_TOKEN", "solo-env");
+        assert_eq!(plain.secret("", "solo_token").unwrap(), "solo-env");
+        let missing = plain.secret("nope", "nothing").unwrap_err();
+        assert!(missing.message().contains("_FSEC_NOPE_NOTHING"), "{missing}");
+        std::env::remove_var("_FSEC_DB_PASSWORD");
+        std::env::remove_var("_FSEC_SOLO_TOKEN");
     }
 }

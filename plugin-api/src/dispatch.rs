@@ -1,17 +1,22 @@
 //! From ABI calls to trait methods: decode the request of either protocol, run the agent,
 //! encode the answer in the caller's protocol.
+//!
+//! Job failures ([`AgentError::is_job_failure`]) become answers here: a `Resource` in phase
+//! `FAILED` or `RETRYABLE_FAILED` from `get` and `execute`, and a stored result (see
+//! [`crate::meta`]) from `create`, which the first GetTask reports.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use agent_plugin_abi::method;
 use bytes::Bytes;
 use prost::Message;
-use serde::de::DeserializeOwned;
 
 use crate::{
     context::Shared,
     flyte::{admin, core},
-    json, wire, AgentError, AsyncAgent, Context, Literals, LogStream, LogsQuery, MetricsQuery, Phase, Protocol, Resource, SyncAgent,
+    json,
+    meta::{self, STORED_RESULT},
+    wire, AgentError, AsyncAgent, Context, ErrorKind, Literals, LogStream, LogsQuery, MetricsQuery, Phase, Protocol, Resource, SyncAgent,
     TaskRequest,
 };
 
@@ -89,16 +94,31 @@ fn meta_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Co
     Ok((with_connection(Context::new(shared.clone(), protocol_of(method)), r.connection), r.resource_meta))
 }
 
-/// The resource meta of a sync agent's result: a prefix JSON never starts with, then the
-/// encoded Flyte 2 `Resource` (which keeps the outputs' order).
-const SYNC_RESULT: &[u8] = b"\0agent-host/sync-result\0";
+/// The answer for a job failure, or the error back for a call failure.
+fn job_failure(e: AgentError) -> Result<Resource, AgentError> {
+    match e.kind() {
+        ErrorKind::Permanent => Ok(Resource::failed(e.message())),
+        ErrorKind::Retryable => Ok(Resource::retryable_failure(e.message())),
+        _ => Err(e),
+    }
+}
 
-fn decode_meta<M: DeserializeOwned>(meta: &[u8]) -> Result<M, AgentError> {
-    serde_json::from_slice(meta).map_err(|e| {
-        AgentError::precondition(format!(
-            "resource meta is not one this agent version can read ({e}); it was written by another agent or format"
-        ))
-    })
+/// A finished resource kept in the resource meta (a sync agent's result, or a failure found
+/// by an async agent's `create`).
+fn store(resource: Resource) -> Vec<u8> {
+    let mut stored = STORED_RESULT.to_vec();
+    resource_v2(resource).encode(&mut stored).expect("a Vec grows as needed");
+    stored
+}
+
+/// The stored resource in `meta`, if it is one.
+fn stored(meta: &[u8]) -> Option<Result<Resource, AgentError>> {
+    let bytes = meta.strip_prefix(STORED_RESULT)?;
+    Some(
+        wire::ResourceV2::decode(bytes)
+            .map(from_v2)
+            .map_err(|e| AgentError::precondition(format!("the stored result in the resource meta does not decode: {e}"))),
+    )
 }
 
 fn state_of(phase: Phase) -> admin::State {
@@ -140,8 +160,8 @@ fn resource_v2(r: Resource) -> wire::ResourceV2 {
     }
 }
 
-/// Back from the stored form.
-fn from_v2(r: wire::ResourceV2) -> Resource {
+/// Back from the stored form (and from a Flyte 2 answer).
+pub(crate) fn from_v2(r: wire::ResourceV2) -> Resource {
     let custom_info = match r.custom_info.as_ref().map(json::struct_to_json) {
         Some(serde_json::Value::Object(m)) => m.into_iter().collect(),
         _ => Default::default(),
@@ -150,6 +170,21 @@ fn from_v2(r: wire::ResourceV2) -> Resource {
         phase: Phase::try_from(r.phase).unwrap_or(Phase::Undefined),
         message: r.message,
         outputs: r.outputs.map(|o| o.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect()),
+        log_links: r.log_links,
+        custom_info,
+    }
+}
+
+/// Back from a Flyte 1 answer.
+pub(crate) fn from_v1(r: admin::Resource) -> Resource {
+    let custom_info = match r.custom_info.as_ref().map(json::struct_to_json) {
+        Some(serde_json::Value::Object(m)) => m.into_iter().collect(),
+        _ => Default::default(),
+    };
+    Resource {
+        phase: Phase::try_from(r.phase).unwrap_or(Phase::Undefined),
+        message: r.message,
+        outputs: r.outputs.map(Literals::from),
         log_links: r.log_links,
         custom_info,
     }
@@ -194,23 +229,30 @@ impl<A: AsyncAgent> Dispatch for AsyncAdapter<A> {
             match method {
                 method::V1_CREATE | method::V2_CREATE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
-                    let meta = agent.create(&ctx, task).await?;
-                    Ok(encode_create(serde_json::to_vec(&meta)?))
+                    match agent.create(&ctx, task).await {
+                        Ok(m) => Ok(encode_create(meta::encode::<A>(&m)?)),
+                        Err(e) => Ok(encode_create(store(job_failure(e)?))),
+                    }
                 }
                 method::V1_GET | method::V2_GET => {
-                    let (ctx, meta) = meta_request(&shared, method, request)?;
-                    let resource = agent.get(&ctx, decode_meta(&meta)?).await?;
+                    let (ctx, m) = meta_request(&shared, method, request)?;
+                    let resource = match stored(&m) {
+                        Some(resource) => resource?,
+                        None => agent.get(&ctx, meta::decode::<A>(&m)?).await.or_else(job_failure)?,
+                    };
                     Ok(encode_get(ctx.protocol(), resource))
                 }
                 method::V1_DELETE | method::V2_DELETE => {
-                    let (ctx, meta) = meta_request(&shared, method, request)?;
-                    agent.delete(&ctx, decode_meta(&meta)?).await?;
+                    let (ctx, m) = meta_request(&shared, method, request)?;
+                    if stored(&m).is_none() {
+                        agent.delete(&ctx, meta::decode::<A>(&m)?).await?;
+                    }
                     Ok(Vec::new())
                 }
                 method::V1_METRICS | method::V2_METRICS => {
                     let ctx = Context::new(shared.clone(), protocol_of(method));
-                    let (meta, query) = metrics_query(request)?;
-                    Ok(encode_metrics(agent.metrics(&ctx, decode_meta(&meta)?, query).await?))
+                    let (m, query) = metrics_query(request)?;
+                    Ok(encode_metrics(agent.metrics(&ctx, decode_started::<A>(&m)?, query).await?))
                 }
                 method::V1_EXECUTE => {
                     Err(AgentError::invalid(format!("{} is an asynchronous agent: call CreateTask, not ExecuteTaskSync", A::NAME)))
@@ -223,41 +265,59 @@ impl<A: AsyncAgent> Dispatch for AsyncAdapter<A> {
     fn logs(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<LogStream, AgentError>> {
         Box::pin(async move {
             let ctx = Context::new(shared, protocol_of(method));
-            let (meta, query) = logs_query(request)?;
-            self.0.logs(&ctx, decode_meta(&meta)?, query).await
+            let (m, query) = logs_query(request)?;
+            self.0.logs(&ctx, decode_started::<A>(&m)?, query).await
         })
     }
+}
+
+/// The meta of a job that started (metrics and logs have nothing to say about a stored result).
+fn decode_started<A: AsyncAgent>(m: &[u8]) -> Result<A::Meta, AgentError> {
+    if stored(m).is_some() {
+        return Err(AgentError::precondition(format!("{}: the task failed when it was created; there is no job to ask about", A::NAME)));
+    }
+    meta::decode::<A>(m)
 }
 
 /// A [`SyncAgent`] behind [`Dispatch`].
 pub(crate) struct SyncAdapter<S>(pub S);
 
+impl<S: SyncAgent> SyncAdapter<S> {
+    /// Runs `execute`; job failures become answers, and a non-terminal answer is refused.
+    async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
+        let resource = self.0.execute(ctx, task).await.or_else(job_failure)?;
+        if !resource.is_terminal() {
+            return Err(AgentError::new(format!(
+                "{} is a sync agent and answered phase {}: a sync agent must answer with a terminal phase \
+                 (SUCCEEDED, FAILED or RETRYABLE_FAILED); propeller does not poll it",
+                S::NAME,
+                resource.phase.as_str_name()
+            )));
+        }
+        Ok(resource)
+    }
+}
+
 impl<S: SyncAgent> Dispatch for SyncAdapter<S> {
     fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Vec<u8>, AgentError>> {
         Box::pin(async move {
-            let agent = &self.0;
             match method {
                 method::V1_EXECUTE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
-                    let resource = resource_v1(agent.execute(&ctx, task).await?);
+                    let resource = resource_v1(self.execute(&ctx, task).await?);
                     let header = admin::ExecuteTaskSyncResponseHeader { resource: Some(resource) };
                     Ok(admin::ExecuteTaskSyncResponse { res: Some(admin::execute_task_sync_response::Res::Header(header)) }.encode_to_vec())
                 }
                 method::V1_CREATE | method::V2_CREATE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
-                    let resource = resource_v2(agent.execute(&ctx, task).await?);
-                    let mut meta = SYNC_RESULT.to_vec();
-                    resource.encode(&mut meta).expect("a Vec grows as needed");
-                    Ok(encode_create(meta))
+                    Ok(encode_create(store(self.execute(&ctx, task).await?)))
                 }
                 method::V1_GET | method::V2_GET => {
-                    let (ctx, meta) = meta_request(&shared, method, request)?;
-                    let Some(stored) = meta.strip_prefix(SYNC_RESULT) else {
-                        return Err(AgentError::precondition(format!("resource meta was not written by {}", S::NAME)));
-                    };
-                    let resource = wire::ResourceV2::decode(stored)
-                        .map_err(|e| AgentError::precondition(format!("stored result does not decode: {e}")))?;
-                    Ok(encode_get(ctx.protocol(), from_v2(resource)))
+                    let (ctx, m) = meta_request(&shared, method, request)?;
+                    match stored(&m) {
+                        Some(resource) => Ok(encode_get(ctx.protocol(), resource?)),
+                        None => Err(AgentError::precondition(format!("resource meta was not written by {}", S::NAME))),
+                    }
                 }
                 // Nothing runs after `execute` returned: deleting is always done.
                 method::V1_DELETE | method::V2_DELETE => Ok(Vec::new()),

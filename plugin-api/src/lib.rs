@@ -1,17 +1,25 @@
 //! Write Flyte agents ("connectors") as native plugins for agent-host.
 //!
-//! An agent is one trait implementation; a plugin is a `cdylib` crate that exports one or more
-//! agents with one macro:
+//! The whole API on one page:
 //!
-//! * [`AsyncAgent`]: `create` a job on an external system, `get` its state, `delete` it
-//!   (optionally `metrics` and `logs`), keyed by your own serializable resource metadata;
-//! * [`SyncAgent`]: `execute` a call and answer at once;
-//! * [`export_plugin!`]: the library's entry point.
+//! | item | what it is |
+//! |---|---|
+//! | [`AsyncAgent`] | starts a job elsewhere (`create`), reports on it (`get`), cancels it (`delete`); optionally `metrics`, `logs` |
+//! | [`SyncAgent`] | does the work within the call (`execute`) and answers at once |
+//! | [`export_plugin!`] | the library's entry point: `export_plugin!(name: "my-plugin", agents: [async A, sync B])` |
+//! | [`Context`] | the plugin's configuration ([`Context::config`]), secrets ([`Context::secret`]), the caller's protocol |
+//! | [`TaskRequest`] | what to run: `custom` ([`TaskRequest::custom`]), inputs ([`TaskRequest::input`]), output prefix, execution metadata |
+//! | [`Resource`], [`Phase`] | the answer: phase, message, log links, custom info, outputs ([`Resource::with_output`]) |
+//! | [`Literals`], [`value`] | named Flyte values, read into and built from Rust values (numbers, text, times, lists, maps, files, datasets, msgpack, structs) |
+//! | [`AgentError`] | a failed job (`permanent`, `retryable`: a `FAILED` / `RETRYABLE_FAILED` phase) or a failed call (an error status) |
+//! | [`testing`] | runs an agent in-process the way Flyte does, for the agent's own tests |
+//! | [`flyte`] | the typed Flyte messages underneath, for anything the helpers do not cover |
 //!
-//! The same agent serves Flyte 1 (FlytePropeller's `AsyncAgentService`, `SyncAgentService`) and
-//! Flyte 2 (`AsyncConnectorService`) requests: the SDK reads both into a [`TaskRequest`] and
-//! writes a [`Resource`] back in the caller's protocol. The [`Context`] carries the plugin's
-//! configuration and secrets; `tracing` events land in the host's log with the plugin's name.
+//! One agent serves Flyte 1 (FlytePropeller's `AsyncAgentService`, `SyncAgentService`) and
+//! Flyte 2 (`AsyncConnectorService`) with no code for either: the SDK reads both protocols into a
+//! [`TaskRequest`] and writes the [`Resource`] back in the caller's. `tracing` events (re-exported
+//! as [`tracing`]) land in the host's log with the plugin's name and version. The guide,
+//! `plugin-api/GUIDE.md`, goes from an empty folder to a plugin served by a running host.
 //!
 //! ```
 //! use agent_plugin_api::{AgentError, Context, Resource, SyncAgent, TaskRequest};
@@ -27,12 +35,18 @@
 //!     }
 //!
 //!     async fn execute(&self, _ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
-//!         Ok(Resource::succeeded(task.inputs).with_message("hello"))
+//!         let name: String = task.input("name")?;
+//!         Ok(Resource::succeeded(Default::default()).with_output("greeting", format!("hello, {name}")))
 //!     }
 //! }
 //!
 //! agent_plugin_api::export_plugin!(name: "hello", agents: [sync Hello]);
-//! # fn main() {}
+//! # fn main() {
+//! #     use agent_plugin_api::testing::Harness;
+//! #     let done = Harness::for_sync::<Hello>(Context::for_tests(serde_json::json!({}))).unwrap()
+//! #         .run(TaskRequest::new("hello").with_input("name", "Flyte")).unwrap();
+//! #     assert_eq!(done.outputs.unwrap().read::<String>("greeting").unwrap(), "hello, Flyte");
+//! # }
 //! ```
 
 #![deny(missing_docs)]
@@ -45,7 +59,10 @@ mod export;
 mod ffi;
 pub mod json;
 mod log;
+mod meta;
 mod task;
+pub mod testing;
+pub mod value;
 mod wire;
 
 pub use agent::{AsyncAgent, SyncAgent};
@@ -73,6 +90,10 @@ pub fn decode_message<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Ag
 
 /// `tracing`, re-exported so that plugins log without naming another dependency.
 pub use tracing;
+
+/// `serde_json`, re-exported: configuration, `custom`, `custom_info` and generic structs are
+/// JSON values.
+pub use serde_json;
 
 /// What `export_plugin!` expands to. Not an API: may change in any release.
 #[doc(hidden)]

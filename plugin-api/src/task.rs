@@ -8,6 +8,7 @@ use crate::flyte::{
     admin::{LogLine, TaskExecutionMetadata},
     core::{Literal, LiteralMap, TaskExecutionIdentifier, TaskLog, TaskTemplate},
 };
+use crate::value::{FromLiteral, IntoLiteral};
 use crate::{json, AgentError, Phase};
 
 /// Which Flyte protocol a request came in on. Agents rarely need to know: the SDK reads and
@@ -23,6 +24,16 @@ pub enum Protocol {
 /// Named literals in order: a task's inputs or outputs.
 ///
 /// Flyte 1 sends a map (delivered here sorted by name), Flyte 2 an ordered list (kept in order).
+/// Build them from Rust values with [`Literals::with`], read them with [`Literals::read`] (see
+/// [`crate::value`] for the types).
+///
+/// ```
+/// use agent_plugin_api::Literals;
+///
+/// let outputs = Literals::new().with("rows", 42).with("table", "sales");
+/// assert_eq!(outputs.read::<i64>("rows").unwrap(), 42);
+/// assert_eq!(outputs.read::<Option<String>>("missing").unwrap(), None);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Literals(Vec<(String, Literal)>);
 
@@ -32,14 +43,31 @@ impl Literals {
         Self::default()
     }
 
-    /// The literal called `name`.
+    /// The literal called `name`, as it came.
     pub fn get(&self, name: &str) -> Option<&Literal> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, l)| l)
     }
 
-    /// Adds (or replaces) the literal called `name`.
-    pub fn insert(&mut self, name: impl Into<String>, literal: Literal) {
-        let name = name.into();
+    /// The value called `name` as a `T`. A missing name is an error unless `T` is an `Option`;
+    /// errors are permanent (see [`AgentError`]) and name the value and the expected type.
+    pub fn read<T: FromLiteral>(&self, name: &str) -> Result<T, AgentError> {
+        self.read_named("value", name)
+    }
+
+    pub(crate) fn read_named<T: FromLiteral>(&self, what: &str, name: &str) -> Result<T, AgentError> {
+        match self.get(name) {
+            Some(literal) => T::from_literal(literal).map_err(|e| e.context(format_args!("{what} `{name}`"))),
+            None => T::if_absent().ok_or_else(|| {
+                let known: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+                AgentError::permanent(format!("{what} `{name}` is missing (expected {}; there are: {})", T::flyte_type(), known.join(", ")))
+            }),
+        }
+    }
+
+    /// Adds (or replaces) the value called `name`: a [`Literal`] or any Rust value of
+    /// [`crate::value`].
+    pub fn insert(&mut self, name: impl Into<String>, value: impl IntoLiteral) {
+        let (name, literal) = (name.into(), value.into_literal());
         match self.0.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = literal,
             None => self.0.push((name, literal)),
@@ -47,8 +75,8 @@ impl Literals {
     }
 
     /// Builder form of [`Literals::insert`].
-    pub fn with(mut self, name: impl Into<String>, literal: Literal) -> Self {
-        self.insert(name, literal);
+    pub fn with(mut self, name: impl Into<String>, value: impl IntoLiteral) -> Self {
+        self.insert(name, value);
         self
     }
 
@@ -119,22 +147,68 @@ impl TaskRequest {
     }
 
     /// Reads `template.custom` (a protobuf `Struct`, as flytekit task classes fill it) into the
-    /// agent's own type. Numbers in a `Struct` are doubles: use `f64`, or integer fields with
-    /// `serde`'s usual leniency (`1.0` reads as `1`).
+    /// agent's own type; an absent `custom` reads as `{}`. Whole numbers read into integer
+    /// fields (a `Struct` keeps every number as a double). A `custom` that does not fit is a
+    /// permanent error: the task is wrong, no retry will fix it.
+    ///
+    /// ```
+    /// # use agent_plugin_api::TaskRequest;
+    /// #[derive(serde::Deserialize)]
+    /// struct Custom {
+    ///     url: String,
+    ///     #[serde(default)]
+    ///     timeout_sec: u64,
+    /// }
+    ///
+    /// let task = TaskRequest::new("webhook").with_custom(serde_json::json!({"url": "http://x", "timeout_sec": 10}));
+    /// let custom: Custom = task.custom().unwrap();
+    /// assert_eq!((custom.url.as_str(), custom.timeout_sec), ("http://x", 10));
+    /// ```
     pub fn custom<T: DeserializeOwned>(&self) -> Result<T, AgentError> {
         let value = self.template.custom.as_ref().map(json::struct_to_json).unwrap_or(serde_json::Value::Object(Default::default()));
-        serde_json::from_value(value).map_err(|e| AgentError::invalid(format!("task template `custom` does not fit: {e}")))
+        serde_json::from_value(value).map_err(|e| AgentError::permanent(format!("task template `custom` does not fit: {e}")))
     }
 
-    /// The input called `name`.
-    pub fn input(&self, name: &str) -> Option<&Literal> {
-        self.inputs.get(name)
+    /// The input called `name` as a `T` (see [`crate::value`] for the types). A missing input
+    /// is an error unless `T` is an `Option`; a missing or mistyped input is a permanent error
+    /// naming the input, the expected type and what was found.
+    ///
+    /// ```
+    /// # use agent_plugin_api::TaskRequest;
+    /// let task = TaskRequest::new("t").with_input("n", 3).with_input("tags", vec!["a", "b"]);
+    /// assert_eq!(task.input::<i64>("n").unwrap(), 3);
+    /// assert_eq!(task.input::<Vec<String>>("tags").unwrap(), ["a", "b"]);
+    /// assert_eq!(task.input::<Option<f64>>("ratio").unwrap(), None);
+    /// assert_eq!(task.input::<String>("n").unwrap_err().message(), "input `n`: expected string, found integer");
+    /// ```
+    pub fn input<T: FromLiteral>(&self, name: &str) -> Result<T, AgentError> {
+        self.inputs.read_named("input", name)
     }
 
-    /// The task execution id: the natural idempotency key of `create` (propeller may repeat a
-    /// CreateTask with the same id; a retry has a new `retry_attempt`).
+    /// The task execution id (see [`TaskRequest::idempotency_key`]).
     pub fn task_execution_id(&self) -> Option<&TaskExecutionIdentifier> {
         self.metadata.task_execution_id.as_ref()
+    }
+
+    /// A text key naming this attempt of this task in this execution:
+    /// `project/domain/execution/node/task/attempt`. Propeller may send CreateTask more than once
+    /// for one attempt (same key): make `create` idempotent on it, e.g. by passing it to the
+    /// external system as a request or job id. A retry is a new attempt with a new key. `None`
+    /// when the caller sent no task execution id.
+    pub fn idempotency_key(&self) -> Option<String> {
+        let id = self.task_execution_id()?;
+        let node = id.node_execution_id.as_ref();
+        let execution = node.and_then(|n| n.execution_id.as_ref());
+        let task = id.task_id.as_ref();
+        Some(format!(
+            "{}/{}/{}/{}/{}/{}",
+            execution.map(|e| e.project.as_str()).unwrap_or_default(),
+            execution.map(|e| e.domain.as_str()).unwrap_or_default(),
+            execution.map(|e| e.name.as_str()).unwrap_or_default(),
+            node.map(|n| n.node_id.as_str()).unwrap_or_default(),
+            task.map(|t| t.name.as_str()).unwrap_or_default(),
+            id.retry_attempt
+        ))
     }
 
     /// Builder: sets `template.custom` from JSON.
@@ -143,14 +217,23 @@ impl TaskRequest {
         self
     }
 
-    /// Builder: adds an input.
-    pub fn with_input(mut self, name: impl Into<String>, literal: Literal) -> Self {
-        self.inputs.insert(name, literal);
+    /// Builder: adds an input (a [`Literal`] or any Rust value of [`crate::value`]).
+    pub fn with_input(mut self, name: impl Into<String>, value: impl IntoLiteral) -> Self {
+        self.inputs.insert(name, value);
         self
     }
 }
 
 /// The state of a task as an agent reports it (`GetTask`, and the answer of a sync agent).
+///
+/// ```
+/// use agent_plugin_api::{Phase, Resource};
+///
+/// let running = Resource::running().with_log_link("console", "https://jobs.example.com/42").with_info("job_id", "42");
+/// assert!(!running.is_terminal());
+/// let done = Resource::succeeded(Default::default()).with_output("rows", 1200).with_message("query done");
+/// assert_eq!(done.phase, Phase::Succeeded);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
     /// Where the task is. Terminal: `Succeeded`, `Failed`, `RetryableFailed`, `Aborted`.
@@ -177,7 +260,9 @@ impl Resource {
         Self::new(Phase::Running)
     }
 
-    /// Done, with these outputs inline.
+    /// Done, with these outputs inline. For outputs too large to answer inline (a response
+    /// must stay under 4 MiB), write them as a `LiteralMap` to `<output_prefix>/outputs.pb` and
+    /// answer `Resource::new(Phase::Succeeded)`: without inline outputs propeller reads that file.
     pub fn succeeded(outputs: Literals) -> Self {
         Self { outputs: Some(outputs), ..Self::new(Phase::Succeeded) }
     }
@@ -195,6 +280,12 @@ impl Resource {
     /// Sets the message.
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
         self.message = message.into();
+        self
+    }
+
+    /// Adds an inline output (a [`Literal`] or any Rust value of [`crate::value`]).
+    pub fn with_output(mut self, name: impl Into<String>, value: impl IntoLiteral) -> Self {
+        self.outputs.get_or_insert_with(Literals::new).insert(name, value);
         self
     }
 

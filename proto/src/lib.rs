@@ -16,3 +16,7 @@ include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 /// The encoded `FileDescriptorSet` of every file compiled here, for server reflection and
 /// for tests that compare our declarations with upstream's.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+
+/// The protobuf well-known types the generated messages use (`Struct`, `Timestamp`,
+/// `Duration`…), re-exported so that users of these messages can name them.
+pub use prost_types;

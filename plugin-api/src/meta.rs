@@ -1,0 +1,73 @@
+//! The resource meta of an async agent: its own `serde` type, versioned.
+//!
+//! Flyte stores the bytes `create` returned and sends them back with every GetTask and
+//! DeleteTask, possibly to a newer (after an upgrade) or older (after a rollback) version of the
+//! plugin. So the SDK writes an envelope with the format version the agent declares:
+//!
+//! ```json
+//! {"meta_version": 2, "meta": { … the agent's Meta as JSON … }}
+//! ```
+//!
+//! Reading: the current version deserializes straight into `Meta`; an older one goes through
+//! [`crate::AsyncAgent::upgrade_meta`]; a newer one is refused with `FAILED_PRECONDITION`
+//! (this version cannot know what it means). Bytes without the envelope (written before the SDK
+//! versioned metadata) read as version 0.
+//!
+//! A sync agent's result, and an async agent's job failure found in `create`, are stored
+//! instead as [`STORED_RESULT`] followed by an encoded Flyte 2 `Resource`; JSON never starts with
+//! that prefix, so the two never mix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AgentError, AsyncAgent};
+
+/// The prefix of a stored result (a finished resource kept in the resource meta).
+pub(crate) const STORED_RESULT: &[u8] = b"\0agent-host/sync-result\0";
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, M> {
+    meta_version: u32,
+    meta: &'a M,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeIn {
+    meta_version: u32,
+    meta: serde_json::Value,
+}
+
+/// Encodes `meta` in the envelope.
+pub(crate) fn encode<A: AsyncAgent>(meta: &A::Meta) -> Result<Vec<u8>, AgentError> {
+    serde_json::to_vec(&EnvelopeOut { meta_version: A::META_VERSION, meta })
+        .map_err(|e| AgentError::new(format!("{}: the resource meta does not serialize: {e}", A::NAME)))
+}
+
+/// Decodes the envelope (or unversioned JSON as version 0) into the current `Meta`.
+pub(crate) fn decode<A: AsyncAgent>(bytes: &[u8]) -> Result<A::Meta, AgentError> {
+    let unreadable =
+        |e: &dyn std::fmt::Display| AgentError::precondition(format!("{}: the resource meta is not one this agent wrote ({e})", A::NAME));
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| unreadable(&e))?;
+    let (version, meta) = match serde_json::from_value::<EnvelopeIn>(value.clone()) {
+        Ok(envelope) => (envelope.meta_version, envelope.meta),
+        Err(_) => (0, value),
+    };
+    if version > A::META_VERSION {
+        return Err(AgentError::precondition(format!(
+            "{}: the resource meta has format version {version}, written by a newer version of the plugin; \
+             this version reads up to {} (roll the newer plugin forward again, or let the task fail)",
+            A::NAME,
+            A::META_VERSION
+        )));
+    }
+    if version == A::META_VERSION {
+        return serde_json::from_value(meta).map_err(|e| unreadable(&e));
+    }
+    A::upgrade_meta(version, meta).map_err(|e| {
+        if e.kind() == crate::ErrorKind::Precondition {
+            e
+        } else {
+            AgentError::precondition(format!("{}: the resource meta of format version {version} does not upgrade: {e}", A::NAME))
+        }
+    })
+}
