@@ -18,11 +18,24 @@ async fn plugins(State(host): State<Arc<Host>>) -> Json<Value> {
         .iter()
         .map(|(plugin, version, generation, in_flight)| json!({"plugin": plugin, "version": version, "generation": generation, "in_flight": in_flight}))
         .collect();
+    // Each serving version's own runtime (ABI 1.1; null for plugins built for 1.0).
+    let serving: Vec<_> = host
+        .service
+        .registry
+        .snapshot()
+        .plugins
+        .iter()
+        .map(|p| {
+            let runtime = p.runtime_stats().map(|r| json!({"alive_tasks": r.alive_tasks, "workers": r.workers}));
+            json!({"plugin": p.name(), "version": p.version(), "abi": p.abi(), "generation": p.generation, "in_flight": p.in_flight(), "runtime": runtime})
+        })
+        .collect();
     Json(json!({
         "plugin_dir": host.config.loader.plugin_dir,
         "mapped_libraries": host.loader.mapped_libraries(),
         "max_libraries": host.config.loader.max_libraries,
         "files": files,
+        "serving": serving,
         "draining": draining,
     }))
 }

@@ -181,12 +181,36 @@ fn library_error(e: LibraryError) -> LoadError {
 /// in-process load (after the check passed). Never unmaps the library.
 pub fn open(path: &Path) -> Result<(PluginModRef, PluginDescriptor), LoadError> {
     let header = lib_header_from_path(path).map_err(library_error)?;
-    let module = header.init_root_module::<PluginModRef>().map_err(library_error)?;
+    let module = match header.init_root_module::<PluginModRef>() {
+        Ok(module) => module,
+        Err(LibraryError::AbiInstability(report)) => older_minor(header, &report.to_string())?,
+        Err(e) => return Err(library_error(e)),
+    };
     let bytes = (module.describe())();
     let descriptor =
         PluginDescriptor::decode(bytes.as_slice()).map_err(|e| LoadError::Describe(format!("descriptor does not decode: {e}")))?;
     validate(&descriptor)?;
     Ok((module, descriptor))
+}
+
+/// Accepts a plugin built for an older minor of the ABI (1.0 in a 1.1 host).
+///
+/// abi_stable's check (host layout as the interface, the plugin's as the implementation)
+/// refuses a plugin whose prefix-type root module has fewer fields than the host's, which is
+/// exactly what an older plugin is. The same check the other way round (the plugin's layout as
+/// the interface) passes when the plugin's layout is a prefix of ours and nothing else differs;
+/// the fields it lacks are then read through their `Option` accessors, which answer `None`.
+/// Anything else (a changed field, another type) fails both ways and is refused.
+fn older_minor(header: &abi_stable::library::LibHeader, host_to_plugin: &str) -> Result<PluginModRef, LoadError> {
+    use abi_stable::{abi_stability::abi_checking::check_layout_compatibility, library::IsLayoutChecked, StableAbi};
+    let refused = || LoadError::AbiInstability(summarize(host_to_plugin));
+    let IsLayoutChecked::Yes(plugin_layout) = header.root_mod_consts().layout() else {
+        return Err(refused());
+    };
+    check_layout_compatibility(plugin_layout, <PluginModRef as StableAbi>::LAYOUT).map_err(|_| refused())?;
+    // SAFETY: the layouts were just checked to agree on every field the plugin has, and the
+    // host reads the fields it lacks only through the prefix type's `Option` accessors.
+    unsafe { header.unchecked_layout::<PluginModRef>() }.map_err(|e| LoadError::InitFailed(summarize(&e.to_string())))
 }
 
 /// The checks on a descriptor, before anything of the plugin runs.

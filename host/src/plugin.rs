@@ -104,6 +104,18 @@ impl PluginVersion {
         }
     }
 
+    /// The plugin runtime's statistics; `None` for plugins built for ABI 1.0 (no such export).
+    pub fn runtime_stats(&self) -> Option<agent_proto::agenthost::plugin::v1::RuntimeStats> {
+        let f = self.module.runtime_stats()?;
+        let bytes = catch_unwind(|| f()).ok()?;
+        prost::Message::decode(bytes.as_slice()).ok()
+    }
+
+    /// The ABI version the plugin was built for.
+    pub fn abi(&self) -> String {
+        format!("{}.{}", self.descriptor.abi_major, self.descriptor.abi_minor)
+    }
+
     /// Opens a server stream.
     pub async fn open_stream(&self, agent: u32, method: u32, request: Bytes) -> Result<PluginStream, PluginError> {
         let fut = (self.module.open_stream())(agent, method, FfiBytes::new(request));

@@ -53,8 +53,11 @@ macro_rules! export_plugin {
             extern "C" fn shutdown() {
                 p::shutdown()
             }
+            extern "C" fn runtime_stats() -> p::abi::FfiBytes {
+                p::runtime_stats()
+            }
             fn root_module() -> p::abi::PluginModRef {
-                p::root_module(p::abi::PluginMod { describe, init, call, open_stream, shutdown })
+                p::root_module(p::abi::PluginMod { describe, init, call, open_stream, shutdown, runtime_stats })
             }
             extern "C" fn load_root_module() -> p::abi::__export::RootModuleResult {
                 p::abi::__export::__call_root_module_loader(root_module)

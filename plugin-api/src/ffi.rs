@@ -326,6 +326,19 @@ pub fn open_stream(agent: u32, method: u32, request: FfiBytes) -> FfiFuture<RRes
     }
 }
 
+/// `runtime_stats` (ABI 1.1): the plugin runtime's alive tasks and workers.
+pub fn runtime_stats() -> FfiBytes {
+    let stats = catch_unwind(|| match RUNNING.get() {
+        Some(r) => {
+            let m = r.handle.metrics();
+            pb::RuntimeStats { alive_tasks: m.num_alive_tasks() as u64, workers: m.num_workers() as u32 }
+        }
+        None => pb::RuntimeStats::default(),
+    })
+    .unwrap_or_default();
+    FfiBytes::new(stats.encode_to_vec())
+}
+
 /// `shutdown`: stops the runtime, giving running tasks a moment to finish.
 pub fn shutdown() {
     let _ = catch_unwind(|| {

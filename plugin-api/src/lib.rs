@@ -98,7 +98,7 @@ pub use serde_json;
 /// What `export_plugin!` expands to. Not an API: may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::ffi::{async_agent, call, describe, init, open_stream, shutdown, sync_agent, AgentSpec, PluginSpec};
+    pub use crate::ffi::{async_agent, call, describe, init, open_stream, runtime_stats, shutdown, sync_agent, AgentSpec, PluginSpec};
     pub use agent_plugin_abi as abi;
 
     /// Leaks the root module into the prefix form the host reads.

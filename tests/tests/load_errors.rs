@@ -116,7 +116,7 @@ async fn the_check_command_reports_refusals_as_json() {
     let out = std::process::Command::new(host_exe()).args(["check", "--json"]).arg(echo_plugin()).output().unwrap();
     assert!(out.status.success());
     let report = String::from_utf8(out.stdout).unwrap();
-    for expected in [r#""name":"echo""#, r#""abi":"1.0""#, "echo_async", "echo_sync", r#""panic_strategy":"unwind""#] {
+    for expected in [r#""name":"echo""#, r#""abi":"1.1""#, "echo_async", "echo_sync", r#""panic_strategy":"unwind""#] {
         assert!(report.contains(expected), "missing {expected} in {report}");
     }
 }

@@ -14,7 +14,15 @@
 //! * No `#[sabi_trait]` objects: their vtables would follow the prefix rule silently.
 //!
 //! abi_stable checks this crate's version when the host loads a plugin: a 1.x plugin loads into a
-//! 1.y host when the layouts agree (see the host's loader for the older-minor rule).
+//! 1.y host when the layouts agree. abi_stable's own check refuses a plugin whose root module has
+//! fewer fields than the host's, so the host's loader also accepts a plugin whose layout is a
+//! prefix of its own (an older minor) and then reads appended fields through their `Option`
+//! accessors.
+//!
+//! | ABI | appended |
+//! |---|---|
+//! | 1.0 | `describe`, `init`, `call`, `open_stream`, `shutdown` |
+//! | 1.1 | `runtime_stats` |
 
 use std::ffi::c_void;
 
@@ -31,7 +39,7 @@ pub use async_ffi::{FfiFuture, FutureExt};
 /// The ABI major version this crate describes. A plugin with another major is refused.
 pub const ABI_MAJOR: u32 = 1;
 /// The ABI minor version: the number of append-only revisions of [`PluginMod`].
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// The symbol under which every plugin library exports its `abi_stable` library header.
 ///
@@ -242,6 +250,10 @@ pub struct PluginMod {
     /// Stops the plugin's runtime. Called once, after the last call on this library ended.
     #[sabi(last_prefix_field)]
     pub shutdown: extern "C" fn(),
+    /// ABI 1.1: an encoded `agenthost.plugin.v1.RuntimeStats` of the plugin's own runtime
+    /// (tasks alive, workers), for the status page. Plugins built for 1.0 lack it: read it through
+    /// `PluginModRef::runtime_stats()`, which is `None` then.
+    pub runtime_stats: extern "C" fn() -> FfiBytes,
 }
 
 impl RootModule for PluginModRef {
