@@ -29,3 +29,8 @@ cargo test --workspace --locked
 step "Python conformance suites (flyteidl==1.16.8, flyteidl2==2.0.53)"
 bash tests/setup-python.sh
 .venv/bin/python -m pytest -p no:cacheprovider -q tests/conformance
+
+step "Differential suite: the webhook and sensor plugins against flytekit 1.16.31's own server"
+cargo build --locked -p agent-host -p webhook-plugin -p sensor-plugin
+bash tests/setup-flytekit.sh
+.venv-flytekit/bin/python -m pytest -p no:cacheprovider -q tests/differential
