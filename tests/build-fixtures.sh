@@ -12,6 +12,11 @@
 #   abi-major.so       a plugin that claims ABI 2.x
 #   echo-v1.so         the echo plugin, stripped (the reload tests map it hundreds of times)
 #   echo-v2.so         echo built as version 0.2.0 (different content and answers), stripped
+#   marker.so          a valid plugin whose ELF constructor appends to $AGENT_HOST_TEST_MARKER
+#                      when mapped (shows a refused file was never mapped), stripped
+#   hang-v1.so         task type `hang`: a call with custom {"hang": true} never returns
+#   hang-v2.so         the same built as version 0.2.0
+#   panic-in-call.so   task type `panic_in_call`: every Nth call panics
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,4 +38,11 @@ strip -o "$out/echo-v1.so" "$target/libecho_plugin.so"
 AGENT_ECHO_VERSION=0.2.0 cargo rustc --locked -p echo-plugin --lib --crate-type cdylib
 strip -o "$out/echo-v2.so" "$target/libecho_plugin.so"
 cargo build --locked -p echo-plugin
+# Reliability fixtures (tests/tests/authenticity.rs, permissions.rs, hung_calls.rs).
+strip -o "$out/marker.so" "$target/libfixture_marker.so"
+cp "$target/libfixture_panic_in_call.so" "$out/panic-in-call.so"
+strip -o "$out/hang-v1.so" "$target/libfixture_hang.so"
+AGENT_FIXTURE_VERSION=0.2.0 cargo rustc --locked -p fixture-hang --lib --crate-type cdylib
+strip -o "$out/hang-v2.so" "$target/libfixture_hang.so"
+cargo build --locked -p fixture-hang
 echo "fixtures in $out: $(ls "$out" | tr '\n' ' ')"

@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint on the metrics port: `/metrics` (Prometheus), `/plugins` (status
-//! JSON) and `/healthz`.
+//! JSON), `/healthz` (the process answers) and `/readyz` (serving, as gRPC health "").
 
 use std::sync::Arc;
 
@@ -45,12 +45,23 @@ async fn metrics(State(host): State<Arc<Host>>) -> ([(http::header::HeaderName, 
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
+/// 200 once the first plugin scan is done and until shutdown starts; 503 otherwise (the same
+/// answer as gRPC health for "").
+async fn readyz(State(host): State<Arc<Host>>) -> (http::StatusCode, &'static str) {
+    if host.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        (http::StatusCode::OK, "ready\n")
+    } else {
+        (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
 /// Serves the admin endpoints on `listener`.
 pub async fn serve(host: Arc<Host>, listener: TcpListener) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/plugins", get(plugins))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(host);
     axum::serve(listener, app).await
 }

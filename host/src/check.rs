@@ -12,7 +12,18 @@ use crate::loader::{self, LoadError};
 
 /// Checks `file`; prints the description (or the refusal) and returns the exit code.
 pub fn run(file: &Path, as_json: bool) -> i32 {
-    match loader::open(file) {
+    let code = check(file, as_json);
+    // Leave at once: the plugin's threads may still be winding down, and running thread-local
+    // destructors under them could crash a process that has already given its answer.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(code) }
+}
+
+fn check(file: &Path, as_json: bool) -> i32 {
+    match loader::open(file).and_then(|(module, d)| loader::init_for_check(module, &d.name, &d.version).map(|()| (module, d))) {
         Ok((_module, d)) => {
             let agents: Vec<_> = d
                 .agents

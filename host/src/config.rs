@@ -23,6 +23,10 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Plugin authenticity (sha256 allowlist or minisign signatures).
+    pub verify: VerifyConfig,
+    /// Ownership and mode checks on plugin files and their directory.
+    pub permissions: PermissionsConfig,
     /// Per-plugin configuration tables, by plugin name.
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
@@ -52,6 +56,9 @@ pub struct ServerConfig {
     pub keepalive_timeout_ms: u64,
     /// Maximum connection age, in ms (0: unlimited).
     pub max_connection_age_ms: u64,
+    /// TLS on the gRPC port (absent: plaintext h2c).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// `[loader]`.
@@ -76,6 +83,46 @@ pub struct LoaderConfig {
     pub stable_ms: u64,
     /// Cap on mapped plugin libraries.
     pub max_libraries: usize,
+}
+
+/// `[verify]`: what a plugin file must prove before any byte of it is copied, checked or mapped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// "off", "allowlist" or "signature".
+    pub mode: VerifyMode,
+    /// Hex sha256 digests accepted in "allowlist" mode.
+    pub sha256_allowlist: Vec<String>,
+    /// minisign public keys (base64, the second line of a `.pub` file) trusted in "signature" mode.
+    pub trusted_keys: Vec<String>,
+    /// Accept a signed build whose version is older than the version serving under the same name.
+    pub allow_downgrade: bool,
+}
+
+/// How plugin files are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// No authenticity check.
+    Off,
+    /// The file's sha256 must be in `sha256_allowlist`.
+    Allowlist,
+    /// `<file>.minisig` must be a valid minisign signature by a trusted key.
+    Signature,
+}
+
+/// `[permissions]`: who may have written a plugin file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionsConfig {
+    /// Refuse files (and directories) others could have written; see config/default.toml.
+    pub check: bool,
+    /// Owners accepted besides root and the host's own user.
+    pub trusted_uids: Vec<u32>,
+    /// Accept files and directories writable by their group.
+    pub allow_group_writable: bool,
+    /// Directories outside `loader.plugin_dir` that a plugin symlink may lead into.
+    pub symlink_roots: Vec<PathBuf>,
 }
 
 /// How the plugin directory is followed.
@@ -191,6 +238,7 @@ impl Config {
         if !(1..=64).contains(&self.loader.worker_threads) {
             return Err(ConfigError("loader.worker_threads must be between 1 and 64".into()));
         }
+        crate::verify::Verifier::new(&self.verify).map_err(ConfigError)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError(format!("log.level {:?} is not a valid filter: {e}", self.log.level)))?;
         Ok(())
@@ -205,9 +253,11 @@ impl Config {
         }
     }
 
-    /// The `[plugins.<name>]` table as JSON ("{}" when absent).
+    /// The `[plugins.<name>]` table as JSON ("{}" when absent). Dashes and underscores in the
+    /// name are alike (`rest-job` and `rest_job` name one table).
     pub fn plugin_config_json(&self, name: &str) -> String {
-        match self.plugins.get(name) {
+        let norm = |n: &str| n.replace('-', "_");
+        match self.plugins.iter().find(|(k, _)| norm(k) == norm(name)).map(|(_, v)| v) {
             Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
             None => "{}".into(),
         }
@@ -235,6 +285,27 @@ mod tests {
         assert_eq!((c.server.port, c.server.metrics_port), (1234, 4321));
         assert_eq!(c.plugin_config_json("echo"), r#"{"greeting":"hi"}"#);
         assert_eq!(c.plugin_config_json("other"), "{}");
+    }
+
+    #[test]
+    fn verification_is_off_and_permissions_checked_by_default() {
+        let c = Config::load(None, []).unwrap();
+        assert_eq!(c.verify.mode, VerifyMode::Off);
+        assert!(c.permissions.check && !c.permissions.allow_group_writable);
+    }
+
+    #[test]
+    fn verification_modes_need_their_lists() {
+        let err = Config::load(None, [("AGENT_HOST__VERIFY__MODE".to_string(), "signature".to_string())]).unwrap_err();
+        assert!(err.0.contains("verify.trusted_keys"), "{err}");
+        let err = Config::load(None, [("AGENT_HOST__VERIFY__MODE".to_string(), "allowlist".to_string())]).unwrap_err();
+        assert!(err.0.contains("verify.sha256_allowlist"), "{err}");
+        let env = [
+            ("AGENT_HOST__VERIFY__MODE".to_string(), "signature".to_string()),
+            ("AGENT_HOST__VERIFY__TRUSTED_KEYS".to_string(), "[\"not a key\"]".to_string()),
+        ];
+        let err = Config::load(None, env).unwrap_err();
+        assert!(err.0.contains("verify.trusted_keys[0]"), "{err}");
     }
 
     #[test]

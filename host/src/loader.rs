@@ -1,7 +1,10 @@
 //! Loading a plugin library, safely.
 //!
-//! 1. **Private copy.** The operator's file is read once, hashed, and written to a private,
-//!    content-addressed path. The host never maps the watched file: `cp` over a mapped `.so`
+//! 0. **Read and verify** ([`crate::verify`]): the file is opened once, its owner and mode
+//!    checked on the open descriptor, read into memory, and (with `[verify]`) those bytes are
+//!    checked against the allowlist or a minisign signature, before anything else happens.
+//! 1. **Private copy.** Those same bytes are written to a private, content-addressed path (an
+//!    existing copy is reused only if its content hashes to the same digest). The host never maps the watched file: `cp` over a mapped `.so`
 //!    crashes the process, and a later write cannot change what was verified.
 //! 2. **Check in a child process** (`agent-host check --json <copy>`): a truncated or hostile
 //!    file can kill the process that maps it (SIGBUS inside `dlopen`); the child absorbs that.
@@ -33,7 +36,10 @@ use agent_proto::agenthost::plugin::v1::{InitRequest, PluginDescriptor};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::plugin::PluginVersion;
+use crate::{
+    plugin::PluginVersion,
+    verify::{FilePolicy, Verifier},
+};
 
 /// Why a plugin file was refused. Each variant has a stable `reason()` for metrics and status.
 #[derive(Debug, Clone)]
@@ -69,6 +75,31 @@ pub enum LoadError {
     Conflict(String),
     /// The cap on mapped libraries (`loader.max_libraries`) is reached.
     Limit(String),
+    /// Not a regular file (a FIFO, a device, a directory, a socket named `*.so`).
+    NotRegularFile(String),
+    /// The file has the setuid or setgid bit.
+    Setuid(String),
+    /// The file is writable by its group or by every user.
+    WritableByOthers(String),
+    /// The file is owned by a user the host does not trust.
+    UntrustedOwner(String),
+    /// The directory holding the file lets others replace it, or belongs to another user.
+    UntrustedDir(String),
+    /// A symlink leads out of the plugin directory.
+    SymlinkOutside(String),
+    /// `verify.mode = "allowlist"`: the file's sha256 is not listed.
+    NotAllowlisted(String),
+    /// `verify.mode = "signature"`: no `<file>.minisig`.
+    Unsigned(String),
+    /// The signature was made with a key that is not trusted.
+    UntrustedKey(String),
+    /// The signature does not match the file (or does not parse).
+    BadSignature(String),
+    /// The signature's trusted comment lacks the plugin's name, version or ABI, or the plugin
+    /// says it is another plugin or version than what was signed.
+    SignedMetadata(String),
+    /// A signed build older than the version serving.
+    Downgrade(String),
 }
 
 impl LoadError {
@@ -90,7 +121,25 @@ impl LoadError {
             LoadError::InitFailed(_) => "init_failed",
             LoadError::Conflict(_) => "conflict",
             LoadError::Limit(_) => "max_libraries",
+            LoadError::NotRegularFile(_) => "not_regular_file",
+            LoadError::Setuid(_) => "setuid",
+            LoadError::WritableByOthers(_) => "writable_by_others",
+            LoadError::UntrustedOwner(_) => "untrusted_owner",
+            LoadError::UntrustedDir(_) => "untrusted_dir",
+            LoadError::SymlinkOutside(_) => "symlink_outside",
+            LoadError::NotAllowlisted(_) => "not_allowlisted",
+            LoadError::Unsigned(_) => "unsigned",
+            LoadError::UntrustedKey(_) => "untrusted_key",
+            LoadError::BadSignature(_) => "bad_signature",
+            LoadError::SignedMetadata(_) => "signed_metadata",
+            LoadError::Downgrade(_) => "downgrade",
         }
+    }
+
+    /// A failure of the host's own environment (work directory, check process) rather than of
+    /// the file: worth retrying with the same content.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LoadError::PrivateCopy(_) | LoadError::Checker(_) | LoadError::CheckTimeout(_))
     }
 
     /// The error's own detail, without the sentence around it (what `from_reason` takes back).
@@ -107,7 +156,19 @@ impl LoadError {
             | LoadError::Describe(m)
             | LoadError::InitFailed(m)
             | LoadError::Conflict(m)
-            | LoadError::Limit(m) => m.clone(),
+            | LoadError::Limit(m)
+            | LoadError::NotRegularFile(m)
+            | LoadError::Setuid(m)
+            | LoadError::WritableByOthers(m)
+            | LoadError::UntrustedOwner(m)
+            | LoadError::UntrustedDir(m)
+            | LoadError::SymlinkOutside(m)
+            | LoadError::NotAllowlisted(m)
+            | LoadError::Unsigned(m)
+            | LoadError::UntrustedKey(m)
+            | LoadError::BadSignature(m)
+            | LoadError::SignedMetadata(m)
+            | LoadError::Downgrade(m) => m.clone(),
             LoadError::CheckTimeout(d) => d.as_millis().to_string(),
             LoadError::AbiMajor(v) => v.to_string(),
             LoadError::PanicAbort => String::new(),
@@ -148,6 +209,18 @@ impl std::fmt::Display for LoadError {
             LoadError::Describe(m) => write!(f, "its description is unusable: {m}"),
             LoadError::InitFailed(m) => write!(f, "init failed: {m}"),
             LoadError::Conflict(m) | LoadError::Limit(m) => write!(f, "{m}"),
+            LoadError::NotRegularFile(m) => write!(f, "not a regular file: {m}"),
+            LoadError::Setuid(m) => write!(f, "the setuid/setgid bit is set: {m}"),
+            LoadError::WritableByOthers(m) => write!(f, "others could have written the file: {m}"),
+            LoadError::UntrustedOwner(m) => write!(f, "the file's owner is not trusted (permissions.trusted_uids): {m}"),
+            LoadError::UntrustedDir(m) => write!(f, "the directory is not trusted: {m}"),
+            LoadError::SymlinkOutside(m) => write!(f, "the symlink leads out of the plugin directory: {m}"),
+            LoadError::NotAllowlisted(m) => write!(f, "sha256 {m} is not in verify.sha256_allowlist"),
+            LoadError::Unsigned(m) => write!(f, "unsigned ({m}); verify.mode = \"signature\" needs one"),
+            LoadError::UntrustedKey(m) => write!(f, "signed by an untrusted key: {m}"),
+            LoadError::BadSignature(m) => write!(f, "the signature does not match the file: {m}"),
+            LoadError::SignedMetadata(m) => write!(f, "the signed metadata does not fit: {m}"),
+            LoadError::Downgrade(m) => write!(f, "downgrade refused: {m}"),
         }
     }
 }
@@ -235,8 +308,34 @@ pub fn validate(d: &PluginDescriptor) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// What the loader needs from the host configuration.
-#[derive(Debug, Clone)]
+/// The environment variable through which the loader hands the check process the plugin's
+/// `InitRequest` (hex-encoded protobuf), so that the check runs `init` as the host will.
+pub const CHECK_INIT_ENV: &str = "AGENT_HOST_CHECK_INIT";
+
+/// In the check process: runs the plugin's `init` with the request in [`CHECK_INIT_ENV`] (if
+/// set), then its `shutdown` (waiting at most 2 s for it).
+pub fn init_for_check(module: PluginModRef, name: &str, version: &str) -> Result<(), LoadError> {
+    let Ok(hex) = std::env::var(CHECK_INIT_ENV) else { return Ok(()) };
+    let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+    let ctx: &'static LogCtx = Box::leak(Box::new(LogCtx { plugin: name.to_string(), version: version.to_string() }));
+    let services = HostServices { ctx: (ctx as *const LogCtx).cast(), log: host_log };
+    if let abi_stable::std_types::RResult::RErr(e) = (module.init())(FfiBytes::new(bytes), services) {
+        return Err(LoadError::InitFailed(e.into_string()));
+    }
+    let shutdown = module.shutdown();
+    let done = std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| shutdown());
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !done.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// What the loader needs from the host configuration. (`Default` is for tests and tools:
+/// no work directory, no checks, no verification.)
+#[derive(Debug, Clone, Default)]
 pub struct LoaderSettings {
     /// Private copy directory.
     pub work_dir: PathBuf,
@@ -252,6 +351,10 @@ pub struct LoaderSettings {
     pub secrets_env_prefix: String,
     /// Most verbose level a plugin should emit (1 error .. 5 trace).
     pub max_log_level: u32,
+    /// Permission checks when reading plugin files ([`Loader::read`]).
+    pub files: FilePolicy,
+    /// Authenticity checks on the bytes read.
+    pub verifier: Arc<Verifier>,
 }
 
 /// The plugin loader: private copies, child checks, in-process loads.
@@ -273,14 +376,15 @@ pub struct PluginFile {
     pub bytes: Vec<u8>,
     /// Hex sha256 of the content.
     pub sha256: String,
+    /// The text of `<file>.minisig`, when signatures are checked and there is one.
+    pub signature: Option<String>,
 }
 
 impl PluginFile {
-    /// Reads and hashes a plugin file.
+    /// Reads and hashes a plugin file, without the permission checks (but never blocking on a
+    /// FIFO, and refusing anything but a regular file).
     pub fn read(source: &Path) -> Result<PluginFile, LoadError> {
-        let bytes = std::fs::read(source).map_err(|e| LoadError::Read(e.to_string()))?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        Ok(PluginFile { source: source.to_path_buf(), bytes, sha256 })
+        crate::verify::read_plugin_file(source, &FilePolicy::default())
     }
 }
 
@@ -314,13 +418,33 @@ impl Loader {
         self.mapped.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Writes the content-addressed private copy (atomically), if not there yet.
+    /// Reads a plugin file with the configured permission checks (and its signature, when
+    /// signatures are checked). See [`crate::verify::read_plugin_file`].
+    pub fn read(&self, path: &Path) -> Result<PluginFile, LoadError> {
+        let mut policy = self.settings.files.clone();
+        policy.read_signature = self.settings.verifier.wants_signature();
+        crate::verify::read_plugin_file(path, &policy)
+    }
+
+    /// Writes the content-addressed private copy (atomically), if not there yet. An existing
+    /// copy is used only if its content has the digest in its name: the bytes mapped must be
+    /// the bytes verified, whatever happened to the work directory meanwhile.
     fn private_copy(&self, file: &PluginFile) -> Result<PathBuf, LoadError> {
         let dir = &self.settings.work_dir;
-        std::fs::create_dir_all(dir).map_err(|e| LoadError::PrivateCopy(format!("{}: {e}", dir.display())))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| LoadError::PrivateCopy(format!("{}: {e}", dir.display())))?;
+        }
         let path = dir.join(format!("{}.so", file.sha256));
         let mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner()).contains(&path);
-        if !mapped && path.exists() && std::fs::metadata(&path).map(|m| m.len() as usize == file.bytes.len()).unwrap_or(false) {
+        if !mapped
+            && std::fs::metadata(&path).is_ok_and(|m| m.len() as usize == file.bytes.len())
+            && std::fs::read(&path).is_ok_and(|b| crate::verify::hex(&Sha256::digest(&b)) == file.sha256)
+        {
             return Ok(path);
         }
         let target = if mapped {
@@ -338,10 +462,15 @@ impl Loader {
         Ok(target)
     }
 
-    /// Runs `agent-host check --json` on the private copy in a child process.
-    async fn check_in_child(&self, path: &Path) -> Result<(), LoadError> {
+    /// Runs `agent-host check --json` on the private copy in a child process, which also runs
+    /// the plugin's `init` (with `init`, the request the host will use) and `shutdown`: a library
+    /// that maps and describes itself fine can still crash once its code runs (a corrupt TLS
+    /// segment takes down the first thread-local access of its runtime), and only the child may
+    /// die of that.
+    async fn check_in_child(&self, path: &Path, init: &InitRequest) -> Result<(), LoadError> {
         let mut cmd = tokio::process::Command::new(&self.settings.check_exe);
         cmd.arg("check").arg("--json").arg(path).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        cmd.env(CHECK_INIT_ENV, crate::verify::hex(&init.encode_to_vec()));
         let out = tokio::time::timeout(self.settings.check_timeout, cmd.output())
             .await
             .map_err(|_| LoadError::CheckTimeout(self.settings.check_timeout))?
@@ -358,19 +487,38 @@ impl Loader {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         match (report["reason"].as_str(), report["message"].as_str()) {
             (Some(reason), Some(message)) => Err(LoadError::from_reason(reason, message.to_string())),
-            _ => Err(LoadError::Checker(format!(
-                "the check exited with {} and no report: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))),
+            // It died without answering: the dynamic loader's own assertions end the process
+            // (`_exit(127)`, "Inconsistency detected by ld.so") on some corrupt files. In the
+            // host that would have been the end of the host.
+            _ => Err(LoadError::Crashed(format!("{}: {}", out.status, summarize(&String::from_utf8_lossy(&out.stderr))))),
         }
     }
 
-    /// Loads a plugin file: private copy, child check, in-process load and init.
+    /// Loads a plugin file: verification, private copy, child check, in-process load and init.
     pub async fn load(&self, file: &PluginFile, config_json: String) -> Result<Arc<PluginVersion>, LoadError> {
+        self.load_checked(file, config_json, &[]).await
+    }
+
+    /// [`Loader::load`], with the (plugin name, version) pairs serving now for the downgrade
+    /// rule of `verify.mode = "signature"`.
+    pub async fn load_checked(
+        &self,
+        file: &PluginFile,
+        config_json: String,
+        serving: &[(String, String)],
+    ) -> Result<Arc<PluginVersion>, LoadError> {
+        // Before any byte of the file is written anywhere or mapped by any process.
+        let signed = self.settings.verifier.verify(file, serving)?;
         let private = self.private_copy(file)?;
         let fresh_copy = !private.ends_with(format!("{}.so", file.sha256));
-        self.check_in_child(&private).await?;
+        let init = InitRequest {
+            config_json,
+            secrets_dir: self.settings.secrets_dir.clone(),
+            secrets_env_prefix: self.settings.secrets_env_prefix.clone(),
+            worker_threads: self.settings.worker_threads,
+            max_log_level: self.settings.max_log_level,
+        };
+        self.check_in_child(&private, &init).await?;
         // `open` maps the library: from now on this path must never be mapped again.
         self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(private.clone());
         let opened = open(&private);
@@ -379,13 +527,14 @@ impl Loader {
             let _ = std::fs::remove_file(&private);
         }
         let (module, descriptor) = opened?;
-        let init = InitRequest {
-            config_json,
-            secrets_dir: self.settings.secrets_dir.clone(),
-            secrets_env_prefix: self.settings.secrets_env_prefix.clone(),
-            worker_threads: self.settings.worker_threads,
-            max_log_level: self.settings.max_log_level,
-        };
+        if let Some(signed) = &signed {
+            if signed.name != descriptor.name || signed.version != descriptor.version {
+                return Err(LoadError::SignedMetadata(format!(
+                    "signed as {} {}, the library says it is {} {}",
+                    signed.name, signed.version, descriptor.name, descriptor.version
+                )));
+            }
+        }
         let ctx: &'static LogCtx = Box::leak(Box::new(LogCtx { plugin: descriptor.name.clone(), version: descriptor.version.clone() }));
         let services = HostServices { ctx: (ctx as *const LogCtx).cast(), log: host_log };
         match (module.init())(FfiBytes::new(init.encode_to_vec()), services) {

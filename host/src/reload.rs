@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -31,19 +32,39 @@ use crate::{
     Host,
 };
 
-/// What identifies a file's content without reading it.
+/// What identifies a file's content without reading it: also its owner and mode (a `chmod`
+/// that fixes a refused file's permissions is a change), and its signature file's identity (a
+/// signature added next to a refused unsigned file is a change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i128,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    signature: Option<(u64, u64, i128)>,
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
 }
 
 impl Fingerprint {
     fn of(path: &Path) -> std::io::Result<Fingerprint> {
         let m = std::fs::metadata(path)?;
-        Ok(Fingerprint { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128 })
+        let signature = std::fs::metadata(crate::verify::signature_path(path)).ok().map(|s| (s.ino(), s.size(), mtime_ns(&s)));
+        Ok(Fingerprint {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: mtime_ns(&m),
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            signature,
+        })
     }
 
     fn age(&self) -> Option<Duration> {
@@ -72,6 +93,11 @@ pub struct Reloader {
     retired: Vec<Weak<PluginVersion>>,
     /// Whether a rescan found files not yet stable (so another rescan is due soon).
     pending: bool,
+    /// The plugin directory's (mode, uid, gid) at the last rescan: a change re-examines every
+    /// file (the directory checks of `[permissions]` depend on it).
+    dir_meta: Option<(u32, u32, u32)>,
+    /// Why the plugin directory could not be read at the last rescan (reported once).
+    dir_error: Option<String>,
 }
 
 /// The outcome of one rescan, for logs and tests.
@@ -107,11 +133,26 @@ impl Reloader {
             Ok(f) => f,
             Err(e) => {
                 // Keep serving what is loaded: a vanished directory (being replaced, or a
-                // volume remount) must not unload every plugin.
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the plugin directory; keeping the plugins already loaded");
+                // volume remount) must not unload every plugin. Reported once per outage.
+                let error = e.to_string();
+                if self.dir_error.as_deref() != Some(error.as_str()) {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugin directory; keeping the plugins already loaded");
+                    host.service.metrics.load_failed("plugin_dir_unreadable");
+                    self.dir_error = Some(error);
+                }
                 return report;
             }
         };
+        if self.dir_error.take().is_some() {
+            tracing::info!(dir = %dir.display(), "the plugin directory is readable again");
+        }
+        let dir_meta = std::fs::metadata(dir).ok().map(|m| (m.mode(), m.uid(), m.gid()));
+        if dir_meta != self.dir_meta {
+            for t in self.files.values_mut() {
+                t.processed = None;
+            }
+            self.dir_meta = dir_meta;
+        }
         self.pending = false;
 
         // Removed files.
@@ -166,11 +207,24 @@ impl Reloader {
     }
 
     async fn take(&mut self, host: &Host, path: &Path, fp: Fingerprint) -> Taken {
-        let file = match PluginFile::read(path) {
+        let file: PluginFile = match host.loader.read(path) {
             Ok(f) => f,
-            Err(e) => {
+            Err(LoadError::Read(e)) => {
                 tracing::warn!(file = %path.display(), "cannot read a plugin file: {e}");
                 return Taken::Moving;
+            }
+            Err(e) => {
+                // Refused before reading (permissions, not a regular file): nothing to hash.
+                // Not retried until the file (its owner or mode included) changes.
+                let tracked = self.files.entry(path.to_path_buf()).or_default();
+                tracked.processed = Some(fp);
+                tracked.pending = None;
+                let serving = host.service.registry.snapshot().plugins.iter().find(|p| p.source == path).map(|p| p.version().to_string());
+                tracing::error!(file = %path.display(), reason = e.reason(), keeps_serving = ?serving, "plugin refused: {e}");
+                let mut statuses = host.statuses.lock().unwrap_or_else(|p| p.into_inner());
+                statuses.entry(path.to_path_buf()).or_insert_with(|| FileStatus::new(path)).refused(None, &e);
+                host.service.metrics.load_failed(e.reason());
+                return Taken::Refused;
             }
         };
         // The content read must be the content fingerprinted: a file still being written is
@@ -189,7 +243,8 @@ impl Reloader {
         if serving.as_ref().is_some_and(|p| p.sha256 == file.sha256) {
             return Taken::Unchanged;
         }
-        if tracked.refused.as_deref() == Some(file.sha256.as_str()) {
+        let key = refusal_key(&file);
+        if tracked.refused.as_deref() == Some(key.as_str()) {
             return Taken::Unchanged;
         }
         match self.load(host, &file, serving.as_ref()).await {
@@ -200,14 +255,22 @@ impl Reloader {
                 self.files.entry(path.to_path_buf()).or_default().refused = None;
                 Taken::Loaded
             }
-            Err(()) => {
-                self.files.entry(path.to_path_buf()).or_default().refused = Some(file.sha256.clone());
+            Err(transient) => {
+                let tracked = self.files.entry(path.to_path_buf()).or_default();
+                if transient {
+                    // The host's environment failed (work directory, check process): the same
+                    // content is tried again at the next rescan.
+                    tracked.processed = None;
+                } else {
+                    tracked.refused = Some(key);
+                }
                 Taken::Refused
             }
         }
     }
 
-    async fn load(&mut self, host: &Host, file: &PluginFile, serving: Option<&Arc<PluginVersion>>) -> Result<(), ()> {
+    /// Loads `file` beside `serving`; `Err(transient)` on a refusal.
+    async fn load(&mut self, host: &Host, file: &PluginFile, serving: Option<&Arc<PluginVersion>>) -> Result<(), bool> {
         let path = &file.source;
         let max = host.config.loader.max_libraries;
         let result = if host.loader.mapped_libraries() >= max {
@@ -216,7 +279,9 @@ impl Reloader {
             )))
         } else {
             async {
-                let plugin = host.loader.load(file, host.config.plugin_config_json(&scan::config_name(path))).await?;
+                let versions: Vec<(String, String)> =
+                    host.service.registry.snapshot().plugins.iter().map(|p| (p.name().to_string(), p.version().to_string())).collect();
+                let plugin = host.loader.load_checked(file, host.config.plugin_config_json(&scan::config_name(path)), &versions).await?;
                 let snapshot = host.service.registry.snapshot().with_plugin(plugin.clone()).map_err(LoadError::Conflict)?;
                 host.service.registry.store(snapshot);
                 Ok::<_, LoadError>(plugin)
@@ -240,11 +305,19 @@ impl Reloader {
             Err(e) => {
                 tracing::error!(file = %path.display(), reason = e.reason(), keeps_serving = ?serving.map(|p| p.version()), "plugin refused: {e}");
                 let entry = statuses.entry(path.clone()).or_insert_with(|| FileStatus::new(path));
-                entry.refused(&file.sha256, &e);
+                entry.refused(Some(&file.sha256), &e);
                 host.service.metrics.load_failed(e.reason());
-                Err(())
+                Err(e.is_transient())
             }
         }
+    }
+}
+
+/// What a refusal is remembered by: the content and its signature.
+fn refusal_key(file: &PluginFile) -> String {
+    match &file.signature {
+        Some(sig) => format!("{}+{}", file.sha256, crate::verify::hex(&sha2::Sha256::digest(sig.as_bytes()))),
+        None => file.sha256.clone(),
     }
 }
 
@@ -284,7 +357,16 @@ pub async fn watch(host: Arc<Host>, mut reloader: Reloader, mut stop: tokio::syn
                 watched_dir = if watcher.is_some() { identity } else { None };
             }
         }
-        let wait = if reloader.pending { settle } else { interval };
+        // While the directory is missing (deleted, being replaced, not yet mounted) there is no
+        // watch to wake us: look for it again at the poll interval.
+        let unwatched = loader.watch == WatchMode::Notify && watched_dir.is_none();
+        let wait = if reloader.pending {
+            settle
+        } else if unwatched {
+            interval.min(Duration::from_millis(loader.poll_interval_ms))
+        } else {
+            interval
+        };
         tokio::select! {
             _ = events.recv() => {
                 // Coalesce a burst of events into one rescan.

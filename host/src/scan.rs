@@ -36,14 +36,17 @@ pub struct FileStatus {
     pub error: Option<String>,
 }
 
-/// The plugin files of `dir`: `*.so` entries (files, or symlinks to files), sorted by name.
+/// The plugin files of `dir`: `*.so` entries not starting with a dot that exist (following
+/// symlinks; a dangling one is skipped), sorted by name. Entries that are not regular files (a
+/// FIFO, a directory named `x.so`) are listed too: the loader refuses them with a reason
+/// rather than leaving them unexplained.
 pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let is_so = path.extension().is_some_and(|e| e == "so");
         let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if is_so && !hidden && std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
+        if is_so && !hidden && std::fs::metadata(&path).is_ok() {
             files.push(path);
         }
     }
@@ -55,11 +58,16 @@ fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The `[plugins.<name>]` table a file gets: named after the file (`echo.so`, `libecho.so` →
-/// `echo`), since the plugin's own name is known only once it is loaded.
+/// The `[plugins.<name>]` table a file gets. It is named after the file, since the plugin's own
+/// name is known only once the library is loaded (and its `init` needs the table): the file
+/// name without `.so`, a `lib` prefix and a `_plugin` suffix, so that cargo's
+/// `librest_job_plugin.so` and an operator's `rest-job.so` both read `[plugins.rest-job]`
+/// (dashes and underscores are alike in table names, see `Config::plugin_config_json`).
 pub fn config_name(path: &Path) -> String {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-    stem.strip_prefix("lib").unwrap_or(stem).to_string()
+    let stem = stem.strip_prefix("lib").unwrap_or(stem);
+    let stem = stem.strip_suffix("_plugin").or_else(|| stem.strip_suffix("-plugin")).unwrap_or(stem);
+    stem.to_string()
 }
 
 impl FileStatus {
@@ -104,12 +112,27 @@ impl FileStatus {
 
     /// Records a refusal of content `sha256`. A file that serves keeps `state = "serving"` (the
     /// serving version is untouched) and shows the refusal as its last error.
-    pub fn refused(&mut self, sha256: &str, e: &LoadError) {
+    /// `sha256` is `None` for a file refused before it was read (permissions).
+    pub fn refused(&mut self, sha256: Option<&str>, e: &LoadError) {
         if self.state != "serving" {
-            self.sha256 = Some(sha256.to_string());
+            self.sha256 = sha256.map(str::to_string);
         }
         self.updated_at = now();
         self.error_reason = Some(e.reason());
         self.error = Some(e.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_follow_the_file_name() {
+        for (file, name) in
+            [("echo.so", "echo"), ("libecho_plugin.so", "echo"), ("librest_job_plugin.so", "rest_job"), ("rest-job.so", "rest-job")]
+        {
+            assert_eq!(config_name(Path::new(file)), name, "{file}");
+        }
     }
 }

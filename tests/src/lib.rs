@@ -72,6 +72,11 @@ impl TestHost {
         Self::start_with(plugins, |_| {}).await
     }
 
+    /// [`TestHost::start`] serving TLS with these files.
+    pub async fn start_tls(plugins: &[(&str, PathBuf)], tls: agent_host::tls::TlsConfig) -> TestHost {
+        Self::start_with(plugins, |c| c.server.tls = Some(tls)).await
+    }
+
     /// [`TestHost::start`] with a configuration adjusted by `tune`.
     pub async fn start_with(plugins: &[(&str, PathBuf)], tune: impl FnOnce(&mut Config)) -> TestHost {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -109,8 +114,14 @@ impl TestHost {
 
     async fn wait_serving(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let tls = self.host.config.server.tls.is_some();
         loop {
-            if let Ok(s) = self.health("").await {
+            if tls {
+                // The gRPC port speaks TLS: the admin port's /readyz mirrors health "".
+                if http_get(self.admin_addr, "/readyz").await.0.contains("200") {
+                    return;
+                }
+            } else if let Ok(s) = self.health("").await {
                 if s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
                     return;
                 }
@@ -278,4 +289,51 @@ impl Drop for HostProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loader like the host's, with `[verify]` and `[permissions]` from `config` (for tests that
+/// drive the loader directly).
+pub fn loader_for(config: &Config, work_dir: &Path) -> agent_host::loader::Loader {
+    use agent_host::{loader::LoaderSettings, verify};
+    agent_host::loader::Loader::new(LoaderSettings {
+        work_dir: work_dir.to_path_buf(),
+        check_exe: host_exe(),
+        check_timeout: Duration::from_secs(30),
+        worker_threads: 1,
+        secrets_dir: "/etc/secrets".into(),
+        secrets_env_prefix: "_FSEC_".into(),
+        max_log_level: 3,
+        files: verify::FilePolicy::new(&config.permissions, &config.loader.plugin_dir, &config.verify),
+        verifier: Arc::new(verify::Verifier::new(&config.verify).expect("a valid [verify] configuration")),
+    })
+}
+
+/// The value of the sample `line` (name and labels, exactly as exposed) in `/metrics`; 0 when
+/// absent.
+pub async fn metric(admin: std::net::SocketAddr, line: &str) -> f64 {
+    let (_, text) = http_get(admin, "/metrics").await;
+    text.lines().find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Waits until the status of `file` (in the plugin directory) has `error_reason == reason`.
+pub async fn wait_refused(host: &TestHost, file: &str, reason: &str, within: Duration) -> agent_host::scan::FileStatus {
+    let path = host.plugin_dir.join(file);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let status = host.host.statuses.lock().unwrap().get(&path).cloned();
+        if let Some(s) = &status {
+            if s.error_reason == Some(reason) {
+                return s.clone();
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{file}: no {reason} refusal within {within:?}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Copies `source` to `dir/name` by a temporary name and a rename.
+pub fn publish(source: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(source, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }

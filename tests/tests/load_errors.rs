@@ -16,6 +16,8 @@ fn loader(work_dir: &Path) -> Loader {
         secrets_dir: "/etc/secrets".into(),
         secrets_env_prefix: "_FSEC_".into(),
         max_log_level: 3,
+        files: Default::default(),
+        verifier: Default::default(),
     })
 }
 

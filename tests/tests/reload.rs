@@ -261,7 +261,7 @@ async fn a_call_in_flight_finishes_on_the_version_it_started_on() {
     wait_for(&ch, Some("0.2.0"), Duration::from_secs(5)).await;
     // The old version is draining with the slow call in it.
     let draining = host.host.draining.lock().unwrap().clone();
-    assert!(draining.iter().any(|(_, v, _, calls)| v == "0.1.0" && *calls == 1), "{draining:?}");
+    assert!(draining.iter().any(|(_, v, _, calls)| v == "0.1.0" && *calls >= 1), "{draining:?}");
     let done = in_flight.await.unwrap().expect("the call in flight succeeds across the upgrade");
     assert_eq!(created_by(&done.resource_meta), "0.1.0");
     host.stop().await;
