@@ -2,23 +2,14 @@
 //! host's real loader (private copy, child-process check, in-process load), and never takes
 //! the host down. abi_stable's `testing/1 - loading errors` is the model.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
-use agent_host::loader::{LoadError, Loader, LoaderSettings, PluginFile};
+use agent_host::loader::{LoadError, Loader, PluginFile};
 use agent_host_tests::{echo_plugin, fixture, host_exe, TestHost};
 
+/// The host's loader with the default configuration (permission checks on, no verification).
 fn loader(work_dir: &Path) -> Loader {
-    Loader::new(LoaderSettings {
-        work_dir: work_dir.to_path_buf(),
-        check_exe: host_exe(),
-        check_timeout: Duration::from_secs(30),
-        worker_threads: 1,
-        secrets_dir: "/etc/secrets".into(),
-        secrets_env_prefix: "_FSEC_".into(),
-        max_log_level: 3,
-        files: Default::default(),
-        verifier: Default::default(),
-    })
+    agent_host_tests::loader_for(&agent_host::config::Config::load(None, []).unwrap(), work_dir)
 }
 
 async fn refusal(path: &Path) -> LoadError {
