@@ -148,6 +148,8 @@ pub fn incoming(listener: TcpListener, tls: Arc<Tls>) -> ReceiverStream<Result<T
                 },
                 () = tx.closed() => break,
             };
+            // As on the plaintext port: small answers must not wait for the peer's delayed ACK.
+            let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.current.load_full());
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark (issue 7): agent-host with the echo plugin vs flytekit's
+# `pyflyte serve connector` (flytekit==1.16.31, tests/bench/flytekit_echo.py) vs a floor server
+# (tests/src/bin/bench_floor.rs: tonic, the same paths, fixed answers, no work), all driven by
+# h2load over h2c on loopback; the servers pinned to CPU 0, h2load to CPU 1. Then agent-host's
+# start-up to the first ListAgents answer with 5 plugins in the directory.
+# Release builds; plugins stripped, as shipped. Results: $OUT.md (table) and $OUT.json.
+#
+#   bash tests/bench/compare.sh [compare.py options, e.g. --runs 5 --seconds 4]
+#
+# Environment: OUT (default target/release/bench/compare), SKIP_BUILD=1 to use what is built.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+repo="$PWD"
+target="${CARGO_TARGET_DIR:-target}/release"
+out="$target/bench"
+mkdir -p "$out"
+bash tests/bench/setup.sh >&2
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    cargo build --release --locked -p agent-host -p echo-plugin -p fixture-good -p fixture-panic-in-call
+    cargo build --release --locked -p agent-host-tests --bin bench-floor
+    # The other example plugins, for the start-up directory (whatever builds).
+    cargo build --release --locked || echo "compare: not every example plugin builds; the start-up uses those that do" >&2
+fi
+
+# The echo plugin alone, for the load.
+rm -rf "$out/echo-dir" && mkdir -p "$out/echo-dir"
+strip -o "$out/echo-dir/echo.so" "$target/libecho_plugin.so"
+
+# Five valid plugins for the start-up: the example plugins under plugins/ that are built and the
+# `good` and `panic-in-call` fixtures, the first five by name (each passes `agent-host check`).
+rm -rf "$out/five" && mkdir -p "$out/five"
+n=0
+for lib in "$target"/lib*.so; do
+    name="$(basename "$lib" .so)"; name="${name#lib}"
+    case "$name" in *_plugin|fixture_good|fixture_panic_in_call) ;; *) continue ;; esac
+    "$target/agent-host" check "$lib" > /dev/null 2>&1 || continue
+    [[ $n -lt 5 ]] || break
+    strip -o "$out/five/$name.so" "$lib"
+    n=$((n + 1))
+done
+agents=0
+for f in "$out"/five/*.so; do
+    agents=$((agents + $("$target/agent-host" check "$f" --json | "$repo/.venv-bench/bin/python" -c 'import json,sys; print(len(json.load(sys.stdin)["agents"]))')))
+done
+echo "start-up directory: $(ls "$out/five" | tr '\n' ' ')($n plugins, $agents agents)" >&2
+
+echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+exec "$repo/.venv-bench/bin/python" tests/bench/compare.py \
+    --host-bin "$target/agent-host" --floor-bin "$target/bench-floor" --plugin-dir "$out/echo-dir" \
+    --pyflyte "$repo/.venv-bench/bin/pyflyte" --startup-dir "$out/five" --startup-agents "$agents" \
+    --out "${OUT:-$out/compare}" "$@"
