@@ -24,7 +24,7 @@ step "the plugin template and the guide's example, as an author builds them"
 bash tests/template-check.sh
 
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "Python conformance suites (flyteidl==1.16.8, flyteidl2==2.0.53)"
 bash tests/setup-python.sh
