@@ -50,6 +50,46 @@ mod structured;
 pub use reference::{Blob, StructuredDataset};
 pub use structured::{to_json, Generic, Msgpack, MSGPACK_TAG};
 
+/// A protobuf `Timestamp` as a UTC calendar date and time (for formatting datetimes the way a
+/// caller expects, e.g. Python's `isoformat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    /// Year (proleptic Gregorian).
+    pub year: i64,
+    /// Month, 1–12.
+    pub month: u32,
+    /// Day of the month, 1–31.
+    pub day: u32,
+    /// Hour, 0–23.
+    pub hour: u32,
+    /// Minute, 0–59.
+    pub minute: u32,
+    /// Second, 0–59.
+    pub second: u32,
+    /// Nanoseconds of the second.
+    pub nanos: u32,
+}
+
+impl UtcTime {
+    /// The calendar time of `t`.
+    pub fn of(t: &prost_types::Timestamp) -> UtcTime {
+        let days = t.seconds.div_euclid(86_400);
+        let secs = t.seconds.rem_euclid(86_400);
+        // The civil date from days since 1970-01-01 (Howard Hinnant's civil_from_days).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (hour, minute, second) = ((secs / 3600) as u32, (secs % 3600 / 60) as u32, (secs % 60) as u32);
+        UtcTime { year, month, day, hour, minute, second, nanos: t.nanos.max(0) as u32 }
+    }
+}
+
 /// A Rust value that can be read from a Flyte [`Literal`].
 pub trait FromLiteral: Sized {
     /// The Flyte type this reads, as error messages name it (`"list of integer"`).

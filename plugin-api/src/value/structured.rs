@@ -140,21 +140,9 @@ pub fn to_json(literal: &Literal) -> Result<serde_json::Value, AgentError> {
 
 /// A timestamp as RFC 3339 text in UTC (`2024-05-01T12:00:00Z`, with a fraction when present).
 fn rfc3339(t: &prost_types::Timestamp) -> String {
-    let days = t.seconds.div_euclid(86_400);
-    let secs = t.seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let fraction = if t.nanos > 0 { format!(".{:09}", t.nanos).trim_end_matches('0').to_string() } else { String::new() };
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{fraction}Z")
+    let c = super::UtcTime::of(t);
+    let fraction = if c.nanos > 0 { format!(".{:09}", c.nanos).trim_end_matches('0').to_string() } else { String::new() };
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}Z", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 #[cfg(test)]

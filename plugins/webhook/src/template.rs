@@ -314,21 +314,10 @@ fn json_str(s: &str) -> String {
 
 /// Python's `datetime.isoformat()` of a UTC timestamp (microseconds, `+00:00`).
 pub fn isoformat(t: &prost_types::Timestamp) -> String {
-    let days = t.seconds.div_euclid(86_400);
-    let secs = t.seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let micros = t.nanos.max(0) / 1000;
+    let c = agent_plugin_api::value::UtcTime::of(t);
+    let micros = c.nanos / 1000;
     let frac = if micros > 0 { format!(".{micros:06}") } else { String::new() };
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{frac}+00:00", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{frac}+00:00", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 fn base64(bytes: &[u8]) -> String {
