@@ -160,34 +160,30 @@ fn resource_v2(r: Resource) -> wire::ResourceV2 {
     }
 }
 
-/// Back from the stored form (and from a Flyte 2 answer).
-pub(crate) fn from_v2(r: wire::ResourceV2) -> Resource {
-    let custom_info = match r.custom_info.as_ref().map(json::struct_to_json) {
+/// A `Resource` from the fields both protocols' answers share.
+fn resource_from(
+    phase: i32,
+    message: String,
+    outputs: Option<Literals>,
+    log_links: Vec<core::TaskLog>,
+    info: Option<prost_types::Struct>,
+) -> Resource {
+    let custom_info = match info.as_ref().map(json::struct_to_json) {
         Some(serde_json::Value::Object(m)) => m.into_iter().collect(),
         _ => Default::default(),
     };
-    Resource {
-        phase: Phase::try_from(r.phase).unwrap_or(Phase::Undefined),
-        message: r.message,
-        outputs: r.outputs.map(|o| o.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect()),
-        log_links: r.log_links,
-        custom_info,
-    }
+    Resource { phase: Phase::try_from(phase).unwrap_or(Phase::Undefined), message, outputs, log_links, custom_info }
+}
+
+/// Back from the stored form (and from a Flyte 2 answer).
+pub(crate) fn from_v2(r: wire::ResourceV2) -> Resource {
+    let outputs = r.outputs.map(|o| o.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect());
+    resource_from(r.phase, r.message, outputs, r.log_links, r.custom_info)
 }
 
 /// Back from a Flyte 1 answer.
 pub(crate) fn from_v1(r: admin::Resource) -> Resource {
-    let custom_info = match r.custom_info.as_ref().map(json::struct_to_json) {
-        Some(serde_json::Value::Object(m)) => m.into_iter().collect(),
-        _ => Default::default(),
-    };
-    Resource {
-        phase: Phase::try_from(r.phase).unwrap_or(Phase::Undefined),
-        message: r.message,
-        outputs: r.outputs.map(Literals::from),
-        log_links: r.log_links,
-        custom_info,
-    }
+    resource_from(r.phase, r.message, r.outputs.map(Literals::from), r.log_links, r.custom_info)
 }
 
 fn custom_info(info: std::collections::BTreeMap<String, serde_json::Value>) -> Option<prost_types::Struct> {
