@@ -71,6 +71,8 @@ pub struct LoaderConfig {
     pub work_dir: PathBuf,
     /// Worker threads per plugin runtime.
     pub worker_threads: u32,
+    /// Let agents that declare themselves nonblocking start their calls on the host's threads.
+    pub inline_calls: bool,
     /// Time limit of the child-process check, in ms.
     pub check_timeout_ms: u64,
     /// How changes are noticed.

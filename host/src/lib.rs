@@ -121,6 +121,7 @@ impl Host {
             check_exe,
             check_timeout: Duration::from_millis(config.loader.check_timeout_ms),
             worker_threads: config.loader.worker_threads,
+            no_inline_calls: !config.loader.inline_calls,
             secrets_dir: config.secrets.dir.display().to_string(),
             secrets_env_prefix: config.secrets.env_prefix.clone(),
             max_log_level: max_log_level(&config.log.level),

@@ -345,6 +345,8 @@ pub struct LoaderSettings {
     pub check_timeout: Duration,
     /// Plugin runtime worker threads.
     pub worker_threads: u32,
+    /// Run every call on its plugin's runtime (config `loader.inline_calls = false`).
+    pub no_inline_calls: bool,
     /// Secrets settings handed to plugins.
     pub secrets_dir: String,
     /// Environment secrets prefix.
@@ -517,6 +519,7 @@ impl Loader {
             secrets_env_prefix: self.settings.secrets_env_prefix.clone(),
             worker_threads: self.settings.worker_threads,
             max_log_level: self.settings.max_log_level,
+            no_inline_calls: self.settings.no_inline_calls,
         };
         self.check_in_child(&private, &init).await?;
         // `open` maps the library: from now on this path must never be mapped again.

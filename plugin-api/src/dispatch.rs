@@ -137,7 +137,7 @@ fn resource_v1(r: Resource) -> admin::Resource {
         // Mirrored for clients older than `phase` (propeller reads it when phase is UNDEFINED).
         #[allow(deprecated)]
         state: state_of(r.phase) as i32,
-        outputs: r.outputs.map(|o| o.to_literal_map()),
+        outputs: r.outputs.map(Literals::into_literal_map),
         message: r.message,
         log_links: r.log_links,
         phase: r.phase as i32,

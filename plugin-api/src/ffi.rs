@@ -1,10 +1,15 @@
 //! The plugin side of the ABI: what `export_plugin!` wires into the root module.
 //!
 //! A plugin library has its own copy of tokio (its own statics), so it cannot run on the host's
-//! runtime: `init` starts a small runtime owned by this library, and every call is spawned there.
-//! The host gets an `FfiFuture` that awaits the spawned task; dropping it (client deadline,
-//! cancellation) aborts the task. Panics never cross the boundary: every export runs under
-//! `catch_unwind`, and a panicking task becomes an error naming the panic.
+//! runtime: `init` starts a small runtime owned by this library, and calls run there. The host
+//! gets an `FfiFuture` for each call; dropping it (client deadline, cancellation) aborts the
+//! call. Panics never cross the boundary: every export runs under `catch_unwind`, and a
+//! panicking call becomes an error naming the panic.
+//!
+//! Where a call runs: an agent that declares itself `NONBLOCKING` has the first step of each
+//! call polled on the host's thread, inside this library's runtime context (so its timers, I/O
+//! and spawns belong to the plugin runtime); only a call that has to wait is moved, as it is,
+//! to the plugin runtime. Other agents' calls are spawned there at once. See [`Call`].
 
 use std::{
     any::Any,
@@ -23,7 +28,7 @@ use prost::Message;
 
 use crate::{
     context::Shared,
-    dispatch::{encode_log_body, encode_log_header, AsyncAdapter, Dispatch, SyncAdapter},
+    dispatch::{encode_log_body, encode_log_header, AsyncAdapter, BoxFuture, Dispatch, SyncAdapter},
     flyte::admin::TaskCategory,
     AgentError, AsyncAgent, Context, ErrorKind, LogStream, Protocol, SyncAgent,
 };
@@ -54,6 +59,7 @@ pub struct AgentSpec {
     task_type: &'static str,
     task_type_version: i32,
     is_sync: bool,
+    nonblocking: bool,
     build: fn(&Context) -> Result<Arc<dyn Dispatch>, AgentError>,
 }
 
@@ -65,12 +71,26 @@ impl std::fmt::Debug for dyn Dispatch {
 
 /// The spec of an asynchronous agent.
 pub const fn async_agent<A: AsyncAgent>() -> AgentSpec {
-    AgentSpec { name: A::NAME, task_type: A::TASK_TYPE, task_type_version: A::TASK_TYPE_VERSION, is_sync: false, build: build_async::<A> }
+    AgentSpec {
+        name: A::NAME,
+        task_type: A::TASK_TYPE,
+        task_type_version: A::TASK_TYPE_VERSION,
+        is_sync: false,
+        nonblocking: A::NONBLOCKING,
+        build: build_async::<A>,
+    }
 }
 
 /// The spec of a synchronous agent.
 pub const fn sync_agent<S: SyncAgent>() -> AgentSpec {
-    AgentSpec { name: S::NAME, task_type: S::TASK_TYPE, task_type_version: S::TASK_TYPE_VERSION, is_sync: true, build: build_sync::<S> }
+    AgentSpec {
+        name: S::NAME,
+        task_type: S::TASK_TYPE,
+        task_type_version: S::TASK_TYPE_VERSION,
+        is_sync: true,
+        nonblocking: S::NONBLOCKING,
+        build: build_sync::<S>,
+    }
 }
 
 fn build_async<A: AsyncAgent>(ctx: &Context) -> Result<Arc<dyn Dispatch>, AgentError> {
@@ -86,6 +106,8 @@ struct Running {
     handle: tokio::runtime::Handle,
     shared: Arc<Shared>,
     agents: Vec<Arc<dyn Dispatch>>,
+    /// Per agent: whether its calls start on the caller's thread (see [`Call`]).
+    inline: Vec<bool>,
 }
 
 static RUNNING: OnceLock<Running> = OnceLock::new();
@@ -132,6 +154,7 @@ pub fn describe(spec: &PluginSpec) -> FfiBytes {
                 name: a.name.into(),
                 categories: vec![TaskCategory { name: a.task_type.into(), version: a.task_type_version }],
                 is_sync: a.is_sync,
+                nonblocking: a.nonblocking,
             })
             .collect(),
     };
@@ -182,8 +205,9 @@ fn init_inner(spec: &'static PluginSpec, request: &[u8], host: HostServices) -> 
             .collect::<Result<Vec<_>, _>>()?
     };
     let handle = runtime.handle().clone();
+    let inline = spec.agents.iter().map(|a| a.nonblocking && !req.no_inline_calls).collect();
     *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
-    RUNNING.set(Running { handle, shared, agents }).map_err(|_| "init raced with itself".to_string())
+    RUNNING.set(Running { handle, shared, agents, inline }).map_err(|_| "init raced with itself".to_string())
 }
 
 /// Aborts the spawned task when the host drops the call's future.
@@ -199,36 +223,91 @@ fn ready<T: Send + 'static>(value: T) -> FfiFuture<T> {
     async move { value }.into_ffi()
 }
 
-fn running_agent(agent: u32) -> Result<(&'static Running, Arc<dyn Dispatch>), PluginError> {
+fn running_agent(agent: u32) -> Result<(&'static Running, Arc<dyn Dispatch>, bool), PluginError> {
     let running = RUNNING.get().ok_or_else(|| err(ERR_AGENT, "the plugin was not initialised"))?;
     let a = running.agents.get(agent as usize).ok_or_else(|| err(ERR_NOT_FOUND, format!("no agent number {agent}")))?;
-    Ok((running, a.clone()))
+    Ok((running, a.clone(), running.inline.get(agent as usize).copied().unwrap_or(false)))
 }
 
-/// Runs `fut` on the plugin runtime; the returned future awaits it and aborts it when dropped.
-fn spawn_guarded<T: Send + 'static>(
-    running: &Running,
-    fut: impl std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, PluginError>> + Send + 'static {
-    let task = running.handle.spawn(fut);
-    let guard = AbortOnDrop(task.abort_handle());
-    async move {
-        let _guard = guard;
-        match task.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(plugin_error(e)),
-            Err(j) if j.is_panic() => Err(err(ERR_PANIC, format!("the agent panicked: {}", panic_message(&*j.into_panic())))),
-            Err(_) => Err(err(ERR_AGENT, "the call was cancelled")),
+/// One call of an agent, as the host awaits it.
+///
+/// It starts either `Inline` (a nonblocking agent): the host's first poll polls the agent's
+/// future right there, inside the plugin runtime's context, and if that already finishes the
+/// call, no other thread is involved. If it has to wait, the future (boxed, so it moves without
+/// moving its pinned state) is spawned on the plugin runtime, which polls it again at once and
+/// from then on; a wake-up the first poll registered with the host's waker is at worst one
+/// spurious poll of this future. Or it starts `Spawned` (every other agent). Dropping a `Call`
+/// drops the inline future or aborts the spawned task.
+enum Call<T> {
+    Inline(BoxFuture<Result<T, AgentError>>, tokio::runtime::Handle),
+    Spawned { task: tokio::task::JoinHandle<Result<T, AgentError>>, _abort: AbortOnDrop },
+    Finished,
+}
+
+impl<T: Send + 'static> Call<T> {
+    fn new(running: &Running, fut: BoxFuture<Result<T, AgentError>>, inline: bool) -> Self {
+        if inline {
+            Call::Inline(fut, running.handle.clone())
+        } else {
+            Call::spawn(&running.handle, fut)
         }
+    }
+
+    fn spawn(handle: &tokio::runtime::Handle, fut: BoxFuture<Result<T, AgentError>>) -> Self {
+        let task = handle.spawn(fut);
+        let guard = AbortOnDrop(task.abort_handle());
+        Call::Spawned { task, _abort: guard }
+    }
+}
+
+impl<T: Send + 'static> std::future::Future for Call<T> {
+    type Output = Result<T, PluginError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        // Every variant is `Unpin` (a box, a join handle), so the call can be moved out of.
+        let this = self.get_mut();
+        if let Call::Inline(fut, handle) = this {
+            let polled = {
+                let _entered = handle.enter();
+                catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            };
+            match polled {
+                Ok(Poll::Pending) => {
+                    let Call::Inline(fut, handle) = std::mem::replace(this, Call::Finished) else { unreachable!() };
+                    *this = Call::spawn(&handle, fut);
+                }
+                Ok(Poll::Ready(result)) => {
+                    *this = Call::Finished;
+                    return Poll::Ready(result.map_err(plugin_error));
+                }
+                Err(p) => {
+                    *this = Call::Finished;
+                    return Poll::Ready(Err(err(ERR_PANIC, format!("the agent panicked: {}", panic_message(&*p)))));
+                }
+            }
+        }
+        let Call::Spawned { task, .. } = this else {
+            return Poll::Ready(Err(err(ERR_AGENT, "the call was polled after it finished")));
+        };
+        let result = match std::pin::Pin::new(task).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Ok(v))) => Ok(v),
+            Poll::Ready(Ok(Err(e))) => Err(plugin_error(e)),
+            Poll::Ready(Err(j)) if j.is_panic() => Err(err(ERR_PANIC, format!("the agent panicked: {}", panic_message(&*j.into_panic())))),
+            Poll::Ready(Err(_)) => Err(err(ERR_AGENT, "the call was cancelled")),
+        };
+        *this = Call::Finished;
+        Poll::Ready(result)
     }
 }
 
 /// `call`: one unary RPC.
 pub fn call(agent: u32, method: u32, request: FfiBytes) -> FfiFuture<CallResult> {
     let started = catch_unwind(AssertUnwindSafe(|| -> Result<_, PluginError> {
-        let (running, dispatch) = running_agent(agent)?;
+        let (running, dispatch, inline) = running_agent(agent)?;
         let fut = dispatch.call(running.shared.clone(), method, Bytes::from_owner(request));
-        Ok(spawn_guarded(running, fut))
+        Ok(Call::new(running, fut, inline))
     }));
     match started {
         Ok(Ok(fut)) => async move {
@@ -306,9 +385,9 @@ pub fn open_stream(agent: u32, method: u32, request: FfiBytes) -> FfiFuture<RRes
         return ready(RErr(err(ERR_UNIMPLEMENTED, format!("method {method} is not a stream"))));
     }
     let started = catch_unwind(AssertUnwindSafe(|| -> Result<_, PluginError> {
-        let (running, dispatch) = running_agent(agent)?;
+        let (running, dispatch, inline) = running_agent(agent)?;
         let fut = dispatch.logs(running.shared.clone(), method, Bytes::from_owner(request));
-        Ok((running.handle.clone(), spawn_guarded(running, fut)))
+        Ok((running.handle.clone(), Call::new(running, fut, inline)))
     }));
     match started {
         Ok(Ok((handle, fut))) => async move {

@@ -68,6 +68,7 @@ mod wire;
 pub use agent::{AsyncAgent, SyncAgent};
 pub use context::Context;
 pub use error::{AgentError, ErrorKind};
+pub use meta::Base64Bytes;
 pub use task::{log_line, Literals, LogStream, LogsQuery, MetricsQuery, Protocol, Resource, TaskRequest};
 
 /// The typed Flyte messages (Flyte 1 shapes, which also read Flyte 2 requests).

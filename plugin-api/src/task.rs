@@ -100,6 +100,11 @@ impl Literals {
         LiteralMap { literals: self.0.iter().cloned().collect() }
     }
 
+    /// [`Literals::to_literal_map`] without the copy.
+    pub(crate) fn into_literal_map(self) -> LiteralMap {
+        LiteralMap { literals: self.0.into_iter().collect() }
+    }
+
     pub(crate) fn into_vec(self) -> Vec<(String, Literal)> {
         self.0
     }

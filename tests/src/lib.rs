@@ -300,6 +300,7 @@ pub fn loader_for(config: &Config, work_dir: &Path) -> agent_host::loader::Loade
         check_exe: host_exe(),
         check_timeout: Duration::from_secs(30),
         worker_threads: 1,
+        no_inline_calls: !config.loader.inline_calls,
         secrets_dir: "/etc/secrets".into(),
         secrets_env_prefix: "_FSEC_".into(),
         max_log_level: 3,

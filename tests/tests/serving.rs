@@ -140,3 +140,49 @@ async fn list_agents_describes_every_agent_for_propeller() {
     assert!(!by_name["Echo Async Agent"].is_sync);
     host.stop().await;
 }
+
+/// Where a nonblocking agent's call runs: its first step on the host's request thread (no thread
+/// switch), and, once it has to wait, on its plugin's runtime; with `loader.inline_calls = false`
+/// always on the plugin's runtime.
+#[tokio::test]
+async fn a_nonblocking_agent_starts_on_the_host_thread_unless_inline_calls_are_off() {
+    use prost_types_struct::{Kind, Struct, Value};
+    let thread_of = |resource: Option<admin::Resource>| -> String {
+        let info = resource.and_then(|r| r.custom_info).expect("custom_info");
+        match info.fields.get("thread").and_then(|v| v.kind.clone()) {
+            Some(Kind::StringValue(s)) => s,
+            other => panic!("no thread name in {other:?}"),
+        }
+    };
+    let switches = |sleep_ms: Option<f64>| {
+        let mut fields: std::collections::BTreeMap<String, Value> =
+            [("echo_report_thread".to_string(), Value { kind: Some(Kind::BoolValue(true)) })].into_iter().collect();
+        if let Some(ms) = sleep_ms {
+            fields.insert("echo_sleep_ms".into(), Value { kind: Some(Kind::NumberValue(ms)) });
+        }
+        Some(Struct { fields })
+    };
+    let header = |custom| admin::CreateRequestHeader {
+        template: Some(core::TaskTemplate { r#type: "echo_sync".into(), custom, ..Default::default() }),
+        ..Default::default()
+    };
+    let run = |ch, custom| async move {
+        let response = agent_host_tests::execute_sync(ch, header(custom), core::LiteralMap::default()).await.expect("answers");
+        match response.res {
+            Some(admin::execute_task_sync_response::Res::Header(h)) => thread_of(h.resource),
+            other => panic!("not a header: {other:?}"),
+        }
+    };
+
+    let host = TestHost::start(&[("echo.so", echo_plugin())]).await;
+    let ch = host.channel().await;
+    let quick = run(ch.clone(), switches(None)).await;
+    assert_ne!(quick, "plugin-echo", "a call done in its first step runs on the host's thread");
+    assert_eq!(run(ch.clone(), switches(Some(30.0))).await, "plugin-echo", "after waiting, the call goes on in the plugin's runtime");
+    host.stop().await;
+
+    let host = TestHost::start_with(&[("echo.so", echo_plugin())], |c| c.loader.inline_calls = false).await;
+    let ch = host.channel().await;
+    assert_eq!(run(ch, switches(None)).await, "plugin-echo", "inline_calls = false: every call runs on the plugin's runtime");
+    host.stop().await;
+}

@@ -11,10 +11,15 @@
 //! a call in flight; the metrics query `echo.cancelled_calls` counts such sleeps the host cut
 //! short. For tests of the host's error paths, `custom` may carry
 //! `echo_error: "<message>"` (the agent fails) or `echo_panic: "<message>"` (the agent panics).
+//! With `echo_report_thread` (any value), `execute` names the thread its last step ran on in
+//! `custom_info.thread` (for the host's tests of where calls run).
+//! `custom` may also carry `echo_log_every_ms: <n>`: the job's GetTaskLogs stream then stays
+//! open like a running task's log tail, adding one line every n ms until the caller goes away
+//! (for tests of streams held open across reloads and shutdown).
 
 use agent_plugin_api::{
     flyte::core::{ExecutionMetricResult, Literal},
-    log_line, AgentError, AsyncAgent, Context, Literals, LogStream, LogsQuery, MetricsQuery, Resource, SyncAgent, TaskRequest,
+    log_line, AgentError, AsyncAgent, Base64Bytes, Context, Literals, LogStream, LogsQuery, MetricsQuery, Resource, SyncAgent, TaskRequest,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,21 +51,28 @@ struct Switches {
     echo_error: Option<String>,
     echo_panic: Option<String>,
     echo_sleep_ms: Option<u64>,
+    echo_log_every_ms: Option<u64>,
+    echo_report_thread: Option<serde_json::Value>,
 }
 
-async fn check_switches(task: &TaskRequest) -> Result<(), AgentError> {
+async fn check_switches(task: &TaskRequest) -> Result<Switches, AgentError> {
+    // Most tasks carry none: skip reading `custom` then.
+    let has_switch = task.template.custom.as_ref().is_some_and(|c| c.fields.keys().any(|k| k.starts_with("echo_")));
+    if !has_switch {
+        return Ok(Switches::default());
+    }
     let s: Switches = task.custom()?;
     if let Some(ms) = s.echo_sleep_ms {
         let mut unfinished = CountIfCancelled(true);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         unfinished.0 = false;
     }
-    if let Some(message) = s.echo_panic {
+    if let Some(message) = &s.echo_panic {
         panic!("{message}");
     }
-    match s.echo_error {
-        Some(message) => Err(AgentError::new(message)),
-        None => Ok(()),
+    match &s.echo_error {
+        Some(message) => Err(AgentError::new(message.clone())),
+        None => Ok(s),
     }
 }
 
@@ -75,14 +87,21 @@ pub struct EchoSync;
 impl SyncAgent for EchoSync {
     const NAME: &'static str = "Echo Sync Agent";
     const TASK_TYPE: &'static str = "echo_sync";
+    // It only awaits (its test sleep is tokio's).
+    const NONBLOCKING: bool = true;
 
     fn new(_ctx: &Context) -> Result<Self, AgentError> {
         Ok(Self)
     }
 
     async fn execute(&self, _ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
-        check_switches(&task).await?;
-        Ok(echoed(task.inputs))
+        let switches = check_switches(&task).await?;
+        let resource = echoed(task.inputs);
+        Ok(match switches.echo_report_thread {
+            // Where this step of the call ran: a host thread when the host polls it inline.
+            Some(_) => resource.with_info("thread", std::thread::current().name().unwrap_or("unnamed")),
+            None => resource,
+        })
     }
 }
 
@@ -91,8 +110,23 @@ impl SyncAgent for EchoSync {
 pub struct EchoMeta {
     /// The plugin version that created the job.
     pub created_by: String,
-    /// Inputs, each literal protobuf-encoded.
-    pub inputs: Vec<(String, Vec<u8>)>,
+    /// Inputs, each literal protobuf-encoded (base64 in the JSON).
+    pub inputs: Vec<(String, Base64Bytes)>,
+    /// From the `echo_log_every_ms` switch: the log stream stays open, one line this often.
+    /// Absent from the stored metadata unless set, so older metadata reads the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_every_ms: Option<u64>,
+}
+
+/// Format version 1 of [`EchoMeta`] (before the base64 change): the same, with each literal's
+/// bytes as a JSON array of numbers. Still read, so jobs created before an upgrade finish after
+/// it.
+#[derive(Debug, Deserialize)]
+struct EchoMetaV1 {
+    created_by: String,
+    inputs: Vec<(String, Vec<u8>)>,
+    #[serde(default)]
+    log_every_ms: Option<u64>,
 }
 
 /// Answers with its inputs, through create/get.
@@ -102,22 +136,31 @@ pub struct EchoAsync;
 impl AsyncAgent for EchoAsync {
     const NAME: &'static str = "Echo Async Agent";
     const TASK_TYPE: &'static str = "echo_async";
+    const NONBLOCKING: bool = true;
     type Meta = EchoMeta;
+    const META_VERSION: u32 = 2;
+
+    fn upgrade_meta(version: u32, meta: serde_json::Value) -> Result<EchoMeta, AgentError> {
+        let old: EchoMetaV1 = serde_json::from_value(meta)
+            .map_err(|e| AgentError::precondition(format!("echo meta of format version {version} does not read: {e}")))?;
+        let inputs = old.inputs.into_iter().map(|(n, b)| (n, Base64Bytes(b))).collect();
+        Ok(EchoMeta { created_by: old.created_by, inputs, log_every_ms: old.log_every_ms })
+    }
 
     fn new(_ctx: &Context) -> Result<Self, AgentError> {
         Ok(Self)
     }
 
     async fn create(&self, _ctx: &Context, task: TaskRequest) -> Result<EchoMeta, AgentError> {
-        check_switches(&task).await?;
-        let inputs = task.inputs.iter().map(|(n, l)| (n.to_string(), agent_plugin_api::encode_message(l))).collect();
-        Ok(EchoMeta { created_by: VERSION.into(), inputs })
+        let switches = check_switches(&task).await?;
+        let inputs = task.inputs.iter().map(|(n, l)| (n.to_string(), Base64Bytes(agent_plugin_api::encode_message(l)))).collect();
+        Ok(EchoMeta { created_by: VERSION.into(), inputs, log_every_ms: switches.echo_log_every_ms })
     }
 
     async fn get(&self, _ctx: &Context, meta: EchoMeta) -> Result<Resource, AgentError> {
         let mut outputs = Literals::new();
         for (name, bytes) in meta.inputs {
-            outputs.insert(name, agent_plugin_api::decode_message::<Literal>(&bytes)?);
+            outputs.insert(name, agent_plugin_api::decode_message::<Literal>(&bytes.0)?);
         }
         Ok(echoed(outputs).with_info("created_by", meta.created_by))
     }
@@ -139,7 +182,21 @@ impl AsyncAgent for EchoAsync {
     async fn logs(&self, _ctx: &Context, meta: EchoMeta, _query: LogsQuery) -> Result<LogStream, AgentError> {
         let mut lines = vec![log_line(format!("echo {VERSION}: {} inputs", meta.inputs.len()))];
         lines.extend(meta.inputs.iter().map(|(name, _)| log_line(format!("echo {VERSION}: input {name}"))));
-        Ok(LogStream::from_lines(lines))
+        let Some(every) = meta.log_every_ms else { return Ok(LogStream::from_lines(lines)) };
+        // A running task's tail: the lines so far, then one more every `every` ms, until the
+        // host drops the stream (the caller went away, a deadline, shutdown) and a send fails.
+        let (tx, stream) = LogStream::channel(4);
+        tokio::spawn(async move {
+            let mut batch = lines;
+            for n in 1u64.. {
+                if tx.send(Ok(batch)).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(every.max(1))).await;
+                batch = vec![log_line(format!("echo {VERSION}: tick {n}"))];
+            }
+        });
+        Ok(stream)
     }
 }
 

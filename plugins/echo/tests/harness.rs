@@ -63,3 +63,22 @@ fn metadata_written_before_versioning_still_reads() {
     assert_eq!(done.custom_info["created_by"], "0.1.0");
     assert_eq!(done.outputs.unwrap().read::<i64>("n").unwrap(), 7);
 }
+
+#[test]
+fn format_version_1_metadata_reads_and_new_metadata_is_base64() {
+    // What echo wrote as format version 1: each literal's bytes as a JSON array of numbers.
+    let seven = agent_plugin_api::encode_message(&agent_plugin_api::value::IntoLiteral::into_literal(7i64));
+    let v1 = serde_json::json!({"meta_version": 1, "meta": {"created_by": "0.1.0", "inputs": [["n", seven.clone()]]}});
+    let harness = Harness::for_async::<EchoAsync>(context()).unwrap();
+    let done = harness.get(&Job::from_meta(serde_json::to_vec(&v1).unwrap())).unwrap();
+    assert_eq!(done.outputs.unwrap().read::<i64>("n").unwrap(), 7);
+
+    // Format version 2: the same literal as one base64 string.
+    let job = harness.create(task("echo_async")).unwrap();
+    let written: serde_json::Value = serde_json::from_slice(&job.resource_meta).unwrap();
+    assert_eq!(written["meta_version"], 2);
+    let first = &written["meta"]["inputs"][0];
+    assert!(first[1].is_string(), "bytes as base64 text: {first}");
+    let done = harness.get(&job).unwrap();
+    assert_eq!(done.phase, Phase::Succeeded);
+}
