@@ -83,10 +83,11 @@ pub fn fix_size_status(status: Status) -> Status {
 
 /// The same fix on a response tonic built itself (trailers-only, status in the headers).
 fn fix_size_response(mut response: http::Response<Body>) -> http::Response<Body> {
-    let out_of_range = (Code::OutOfRange as i32).to_string();
-    if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == out_of_range.as_bytes()) {
-        let code = (Code::ResourceExhausted as i32).to_string();
-        response.headers_mut().insert("grpc-status", http::HeaderValue::from_str(&code).expect("digits are a valid header"));
+    const OUT_OF_RANGE: &[u8] = b"11";
+    const RESOURCE_EXHAUSTED: &str = "8";
+    const _: () = assert!(Code::OutOfRange as i32 == 11 && Code::ResourceExhausted as i32 == 8);
+    if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == OUT_OF_RANGE) {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static(RESOURCE_EXHAUSTED));
     }
     response
 }
@@ -193,7 +194,10 @@ impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteServic
                     None => call.await,
                 }
             };
+            // `biased`: the call first, so a call that is done at its first poll never registers
+            // with the drain signal.
             let response = tokio::select! {
+                biased;
                 r = capped => r,
                 () = drain.stopped() => RpcError::Draining.into_status().into_http(),
             };

@@ -16,6 +16,10 @@ pub struct Snapshot {
     /// Serving plugins, in load order (ListAgents lists them in this order).
     pub plugins: Vec<Arc<PluginVersion>>,
     routes: HashMap<TaskKey, (usize, u32)>,
+    /// The encoded ListAgents and ListConnectors answers for this snapshot, made by the first
+    /// call that needs them (propeller lists the agents every few seconds per instance).
+    pub(crate) list_v1: std::sync::OnceLock<bytes::Bytes>,
+    pub(crate) list_v2: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Snapshot {
@@ -39,7 +43,7 @@ impl Snapshot {
                 }
             }
         }
-        Ok(Snapshot { plugins, routes })
+        Ok(Snapshot { plugins, routes, ..Snapshot::default() })
     }
 
     /// This snapshot with `plugin` added, or replacing the version loaded from the same file.

@@ -158,9 +158,19 @@ impl Service {
     /// A unary RPC.
     pub async fn unary(&self, rpc: Rpc, body: Bytes) -> Result<Bytes, RpcError> {
         let encoded = match rpc {
-            Rpc::V1ListAgents => admin::ListAgentsResponse { agents: agents_v1(&self.registry.snapshot()).collect() }.encode_to_vec(),
+            Rpc::V1ListAgents => {
+                let snapshot = self.registry.snapshot();
+                return Ok(snapshot
+                    .list_v1
+                    .get_or_init(|| admin::ListAgentsResponse { agents: agents_v1(&snapshot).collect() }.encode_to_vec().into())
+                    .clone());
+            }
             Rpc::V2ListConnectors => {
-                connector::ListConnectorsResponse { connectors: agents_v2(&self.registry.snapshot()).collect() }.encode_to_vec()
+                let snapshot = self.registry.snapshot();
+                return Ok(snapshot
+                    .list_v2
+                    .get_or_init(|| connector::ListConnectorsResponse { connectors: agents_v2(&snapshot).collect() }.encode_to_vec().into())
+                    .clone());
             }
             Rpc::V1GetAgent => {
                 let name = decode_name(rpc, &body)?;
