@@ -29,6 +29,7 @@ pub mod error;
 pub mod exec;
 pub mod grpc;
 pub mod loader;
+pub mod memory;
 pub mod metrics;
 pub mod plugin;
 pub mod registry;
@@ -174,6 +175,22 @@ impl Host {
             }
             tokio::time::sleep(Duration::from_millis(self.config.loader.stable_ms.clamp(10, 1000) / 2 + 10)).await;
         }
+        self.settle_memory();
+    }
+
+    /// After loads: once the new plugins' threads have started, unmap the code pages that loading
+    /// touched and serving does not use (see [`memory::drop_clean_library_pages`]).
+    pub fn settle_memory(&self) {
+        let dir = self.config.work_dir();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                memory::release_free_memory();
+                let dropped = memory::drop_clean_library_pages(&dir);
+                tracing::debug!(dropped_kib = dropped / 1024, "unmapped the code pages that loading touched");
+            })
+            .await;
+        });
     }
 }
 

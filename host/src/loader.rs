@@ -545,6 +545,7 @@ impl Loader {
             abi_stable::std_types::RResult::RErr(e) => return Err(LoadError::InitFailed(e.into_string())),
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::memory::release_free_memory();
         Ok(Arc::new(PluginVersion::new(module, descriptor, file.source.clone(), file.sha256.clone(), SystemTime::now(), generation)))
     }
 }

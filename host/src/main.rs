@@ -189,6 +189,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, host, port, metrics_port, plugin_dir } => {
+            agent_host::memory::tune_allocator();
             let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,
                 Err(e) => {
