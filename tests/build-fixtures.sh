@@ -17,6 +17,13 @@
 #   hang-v1.so         task type `hang`: a call with custom {"hang": true} never returns
 #   hang-v2.so         the same built as version 0.2.0
 #   panic-in-call.so   task type `panic_in_call`: every Nth call panics
+#   block-v1.so        task type `block`: a call with custom {"block_ms": N} blocks its thread
+#   block-v2.so        the same built as version 0.2.0
+#   threads-v1.so      task type `threads`: starts plugin-owned threads (one using the SDK
+#                      runtime's handle, one with its own runtime) that stop at shutdown
+#   threads-v2.so      the same built as version 0.2.0
+#   leaky-v1.so        the same crate as plugin `leaky`: its threads ignore shutdown
+#   leaky-v2.so        the same built as version 0.2.0
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,11 +45,24 @@ strip -o "$out/echo-v1.so" "$target/libecho_plugin.so"
 AGENT_ECHO_VERSION=0.2.0 cargo rustc --locked -p echo-plugin --lib --crate-type cdylib
 strip -o "$out/echo-v2.so" "$target/libecho_plugin.so"
 cargo build --locked -p echo-plugin
-# Reliability fixtures (tests/tests/authenticity.rs, permissions.rs, hung_calls.rs).
+# Reliability fixtures (tests/tests/authenticity.rs, permissions.rs, faults.rs).
 strip -o "$out/marker.so" "$target/libfixture_marker.so"
 cp "$target/libfixture_panic_in_call.so" "$out/panic-in-call.so"
 strip -o "$out/hang-v1.so" "$target/libfixture_hang.so"
 AGENT_FIXTURE_VERSION=0.2.0 cargo rustc --locked -p fixture-hang --lib --crate-type cdylib
 strip -o "$out/hang-v2.so" "$target/libfixture_hang.so"
 cargo build --locked -p fixture-hang
+# Row 5 (a call that blocks its thread) and row 15 (plugin-owned threads), two versions each.
+strip -o "$out/block-v1.so" "$target/libfixture_block.so"
+AGENT_FIXTURE_VERSION=0.2.0 cargo rustc --locked -p fixture-block --lib --crate-type cdylib
+strip -o "$out/block-v2.so" "$target/libfixture_block.so"
+cargo build --locked -p fixture-block
+strip -o "$out/threads-v1.so" "$target/libfixture_threads.so"
+AGENT_FIXTURE_VERSION=0.2.0 cargo rustc --locked -p fixture-threads --lib --crate-type cdylib
+strip -o "$out/threads-v2.so" "$target/libfixture_threads.so"
+AGENT_FIXTURE_LEAKY=1 cargo rustc --locked -p fixture-threads --lib --crate-type cdylib
+strip -o "$out/leaky-v1.so" "$target/libfixture_threads.so"
+AGENT_FIXTURE_LEAKY=1 AGENT_FIXTURE_VERSION=0.2.0 cargo rustc --locked -p fixture-threads --lib --crate-type cdylib
+strip -o "$out/leaky-v2.so" "$target/libfixture_threads.so"
+cargo build --locked -p fixture-threads
 echo "fixtures in $out: $(ls "$out" | tr '\n' ' ')"

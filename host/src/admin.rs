@@ -37,6 +37,8 @@ async fn plugins(State(host): State<Arc<Host>>) -> Json<Value> {
         "files": files,
         "serving": serving,
         "draining": draining,
+        "leaked": *host.leaked.lock().unwrap_or_else(|p| p.into_inner()),
+        "watch": *host.watch.lock().unwrap_or_else(|p| p.into_inner()),
     }))
 }
 

@@ -85,6 +85,9 @@ pub struct LoaderConfig {
     pub stable_ms: u64,
     /// Cap on mapped plugin libraries.
     pub max_libraries: usize,
+    /// How long a replaced or removed version may take to release its calls and threads
+    /// before it is reported as leaked, in ms.
+    pub drain_deadline_ms: u64,
 }
 
 /// `[verify]`: what a plugin file must prove before any byte of it is copied, checked or mapped.
@@ -236,6 +239,9 @@ impl Config {
         }
         if self.loader.poll_interval_ms == 0 || self.loader.rescan_interval_ms == 0 {
             return Err(ConfigError("loader.poll_interval_ms and loader.rescan_interval_ms must be positive".into()));
+        }
+        if self.loader.drain_deadline_ms == 0 {
+            return Err(ConfigError("loader.drain_deadline_ms must be positive".into()));
         }
         if !(1..=64).contains(&self.loader.worker_threads) {
             return Err(ConfigError("loader.worker_threads must be between 1 and 64".into()));

@@ -78,6 +78,11 @@ pub struct Host {
     /// Versions replaced or removed whose calls are still running (plugin, version,
     /// generation, calls in flight), as of the last rescan.
     pub draining: Mutex<Vec<(String, String, u64, i64)>>,
+    /// Retired versions that still held calls, threads or their shutdown at the drain
+    /// deadline, as of the last check (see [`reload`]).
+    pub leaked: Mutex<Vec<reload::Leak>>,
+    /// How the plugin directory is followed now (inotify, or polling).
+    pub watch: Mutex<reload::WatchStatus>,
     /// Starts the drain at shutdown (the service holds the receiving side).
     pub shutdown: Shutdown,
     /// Readiness, as the gRPC health status "" says it (for `/readyz`, which a plain HTTP
@@ -137,6 +142,8 @@ impl Host {
             service: Arc::new(service),
             statuses: Mutex::new(BTreeMap::new()),
             draining: Mutex::new(Vec::new()),
+            leaked: Mutex::new(Vec::new()),
+            watch: Mutex::new(reload::WatchStatus::default()),
             shutdown,
             ready: std::sync::atomic::AtomicBool::new(false),
             config,
@@ -156,6 +163,8 @@ impl Host {
             mapped_libraries: self.loader.mapped_libraries(),
             draining_versions: self.draining.lock().unwrap_or_else(|p| p.into_inner()).len(),
             in_flight,
+            leaked_generations: self.leaked.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            watch_mode: self.watch.lock().unwrap_or_else(|p| p.into_inner()).mode,
         }
     }
 

@@ -72,6 +72,7 @@ pub struct Metrics {
     loads: Counters,
     load_failures: Counters,
     panics: Counters,
+    leaked: Counters,
     /// Calls the host refused because an agent was at its concurrency limit.
     pub rejected: AtomicU64,
 }
@@ -87,6 +88,11 @@ pub struct Gauges {
     pub draining_versions: usize,
     /// Calls in flight by (plugin, agent).
     pub in_flight: Vec<(String, String, i64)>,
+    /// Retired versions reported as leaked and still holding on (calls, threads or shutdown).
+    pub leaked_generations: usize,
+    /// How the plugin directory is followed right now: "notify" or "poll" (empty: not yet
+    /// known, nothing rendered).
+    pub watch_mode: &'static str,
 }
 
 fn escape(v: &str) -> String {
@@ -136,6 +142,12 @@ impl Metrics {
         self.panics.add(&[plugin], 1);
     }
 
+    /// A retired version of `plugin` still held calls, threads or its shutdown at the drain
+    /// deadline.
+    pub fn generation_leaked(&self, plugin: &str) {
+        self.leaked.add(&[plugin], 1);
+    }
+
     /// The exposition text.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
@@ -177,6 +189,13 @@ impl Metrics {
         counters(&mut out, "agent_host_plugin_loads_total", "Plugin versions loaded", &["plugin"], &self.loads);
         counters(&mut out, "agent_host_plugin_load_failures_total", "Plugin files refused, by reason", &["reason"], &self.load_failures);
         counters(&mut out, "agent_host_plugin_panics_total", "Calls that panicked inside a plugin", &["plugin"], &self.panics);
+        counters(
+            &mut out,
+            "agent_host_generations_leaked_total",
+            "Retired plugin versions that still had calls, threads or a running shutdown at the drain deadline",
+            &["plugin"],
+            &self.leaked,
+        );
         header(&mut out, "agent_host_calls_rejected_total", "counter", "Calls refused at an agent's concurrency limit");
         let _ = writeln!(out, "agent_host_calls_rejected_total {}", self.rejected.load(Ordering::Relaxed));
         let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
@@ -191,6 +210,16 @@ impl Metrics {
             gauges.mapped_libraries,
         );
         gauge(&mut out, "agent_host_draining_versions", "Replaced plugin versions with calls still in flight", gauges.draining_versions);
+        gauge(
+            &mut out,
+            "agent_host_generations_leaked",
+            "Retired plugin versions past the drain deadline that still hold calls, threads or their shutdown",
+            gauges.leaked_generations,
+        );
+        if !gauges.watch_mode.is_empty() {
+            header(&mut out, "agent_host_watch_mode", "gauge", "How the plugin directory is followed (1 for the mode in use)");
+            let _ = writeln!(out, "agent_host_watch_mode{{mode=\"{}\"}} 1", gauges.watch_mode);
+        }
         header(&mut out, "agent_host_calls_in_flight", "gauge", "Calls running in an agent");
         for (plugin, agent, n) in &gauges.in_flight {
             let _ = writeln!(out, "agent_host_calls_in_flight{} {n}", labels(&["plugin", "agent"], &[plugin.clone(), agent.clone()]));

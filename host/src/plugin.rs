@@ -4,6 +4,16 @@
 //! every call in flight holds another. An upgrade swaps the registry's entry; calls already
 //! running finish on the version they started on, and when the last `Arc` drops, the plugin's
 //! `shutdown()` runs on a plain thread (it may block while the plugin's runtime winds down).
+//!
+//! So `shutdown()` never runs while a call of the host's is inside the version: a version whose
+//! calls do not end is never shut down under them. The reloader reports such a version as
+//! leaked once `loader.drain_deadline_ms` has passed since it was retired (see
+//! [`crate::reload`]); its shutdown then runs when its last call ends (the server cap ends them,
+//! unless `server.call_timeout_ms` is 0), or never. A call the host has given up on (client
+//! deadline, server cap) no longer holds the version, even if the plugin's thread is still
+//! stuck in it (blocking code cannot be cancelled): the plugin's shutdown is written for that
+//! (it stops its runtime and leaves such a thread behind after a few seconds), and the
+//! reloader reports the thread.
 
 use std::{
     future::Future,
@@ -35,6 +45,8 @@ pub struct PluginVersion {
     pub generation: u64,
     /// Calls running in this version right now, per agent.
     in_flight: Box<[AtomicI64]>,
+    /// Set once the plugin's `shutdown()` has returned (after the last `Arc` dropped).
+    shutdown_returned: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for PluginVersion {
@@ -57,7 +69,18 @@ impl PluginVersion {
         generation: u64,
     ) -> Self {
         let in_flight = descriptor.agents.iter().map(|_| AtomicI64::new(0)).collect();
-        Self { module, descriptor, source, sha256, loaded_at, generation, in_flight }
+        let shutdown_returned = Default::default();
+        Self { module, descriptor, source, sha256, loaded_at, generation, in_flight, shutdown_returned }
+    }
+
+    /// An address in the library's code (for finding its mappings after it is retired).
+    pub(crate) fn code_address(&self) -> usize {
+        self.module.shutdown() as usize
+    }
+
+    /// Becomes true when the plugin's `shutdown()` has returned; outlives the version.
+    pub(crate) fn shutdown_returned(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.shutdown_returned.clone()
     }
 
     /// Plugin name.
@@ -131,12 +154,14 @@ impl Drop for PluginVersion {
     fn drop(&mut self) {
         let shutdown = self.module.shutdown();
         let name = format!("{}@{}#{}", self.descriptor.name, self.descriptor.version, self.generation);
+        let returned = self.shutdown_returned.clone();
         let spawned = std::thread::Builder::new().name("plugin-shutdown".into()).spawn(move || {
             if catch_unwind(|| shutdown()).is_err() {
                 tracing::error!(plugin = %name, "plugin shutdown panicked");
             } else {
                 tracing::debug!(plugin = %name, "plugin version retired");
             }
+            returned.store(true, Ordering::Release);
         });
         match spawned {
             Ok(handle) => SHUTDOWNS.lock().unwrap_or_else(|p| p.into_inner()).push(handle),

@@ -12,12 +12,32 @@
 //! the serving version and swap the registry in one step. A failure at any step leaves the
 //! serving version untouched and is reported (log, `/plugins`). A removed file's agents stop
 //! being offered; calls in flight finish on the version they hold.
+//!
+//! A replaced or removed version is *retired*: it finishes its calls, then its `shutdown()`
+//! runs (see [`crate::plugin`]). `loader.drain_deadline_ms` after it was retired it is
+//! examined once: if it still holds calls (or is otherwise still referenced, e.g. by an open
+//! log stream), its shutdown has not returned, or threads it started are still running, it is
+//! logged as "retired with a leak", counted in `agent_host_generations_leaked_total`, and listed
+//! under `leaked` in `/plugins` (examined again every drain deadline; logged once more when it
+//! lets go). Its library stays mapped either way (libraries are never unmapped). Which threads
+//! a version started is read from `/proc` (module `threads`, with its limits).
+//!
+//! If the inotify watch cannot be set up (the watch or instance limit is exhausted, or the
+//! file system does not support it), the directory is polled every `loader.poll_interval_ms`
+//! instead, with a warning; `/plugins` (`watch`) and `agent_host_watch_mode` say so, and the
+//! watch is tried again at every periodic rescan.
+
+mod threads;
 
 use std::{
+    any::Any,
     collections::BTreeMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -85,12 +105,70 @@ struct Tracked {
     refused: Option<String>,
 }
 
+/// Where the running thread census sends its answer.
+type CensusAnswer = tokio::sync::oneshot::Receiver<Result<threads::Census, String>>;
+
+/// A replaced or removed version, followed until it has let go of everything (or forever,
+/// when it never does).
+#[derive(Debug)]
+struct Retired {
+    version: Weak<PluginVersion>,
+    plugin: String,
+    version_name: String,
+    generation: u64,
+    retired_at: SystemTime,
+    /// When to examine it next: the drain deadline, then every drain deadline while leaked.
+    next_check: Instant,
+    shutdown_returned: Arc<AtomicBool>,
+    /// Its library's code, to tell the threads it started (None: `/proc` unreadable).
+    code: Option<threads::Code>,
+    /// Set once it has been reported as leaked.
+    leak: Option<Leak>,
+}
+
+/// A retired version that still held on to something at its drain deadline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Leak {
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version.
+    pub version: String,
+    /// Load counter of the version.
+    pub generation: u64,
+    /// When it was retired (Unix seconds).
+    pub retired_at: Option<u64>,
+    /// Calls of the host's still running in it.
+    pub calls_in_flight: i64,
+    /// Still referenced by the host (calls, open log streams): its shutdown has not started.
+    pub referenced: bool,
+    /// Its `shutdown()` has returned.
+    pub shutdown_returned: bool,
+    /// Names of the threads it started that are still running (looked at only once it is no
+    /// longer referenced; `None` when threads cannot be inspected here).
+    pub threads: Option<Vec<String>>,
+}
+
+/// How the plugin directory is followed, as `/plugins` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WatchStatus {
+    /// `loader.watch`: "notify" or "poll".
+    pub configured: &'static str,
+    /// What is in use now: "notify", or "poll" (configured, or the fallback).
+    pub mode: &'static str,
+    /// Why the configured inotify watch is not in use.
+    pub error: Option<String>,
+}
+
 /// The reloader's state; one per host, driven by [`watch`].
 #[derive(Debug, Default)]
 pub struct Reloader {
     files: BTreeMap<PathBuf, Tracked>,
-    /// Versions replaced or removed, kept weakly to report those still draining.
-    retired: Vec<Weak<PluginVersion>>,
+    /// Versions replaced or removed, kept weakly, until they have let go (see the module doc).
+    retired: Vec<Retired>,
+    /// Why threads cannot be inspected here (reported once).
+    census_error: Option<String>,
+    /// The thread census running now: the versions it looks at, and where its answer comes.
+    census: Option<(Vec<u64>, CensusAnswer)>,
     /// Whether a rescan found files not yet stable (so another rescan is due soon).
     pending: bool,
     /// The plugin directory's (mode, uid, gid) at the last rescan: a change re-examines every
@@ -116,12 +194,165 @@ pub struct ScanReport {
 impl Reloader {
     /// Versions retired but still alive (calls in flight): (plugin, version, generation, calls).
     pub fn draining(&mut self) -> Vec<(String, String, u64, i64)> {
-        self.retired.retain(|w| w.strong_count() > 0);
         self.retired
             .iter()
-            .filter_map(Weak::upgrade)
+            .filter_map(|r| r.version.upgrade())
             .map(|p| (p.name().to_string(), p.version().to_string(), p.generation, p.in_flight()))
             .collect()
+    }
+
+    /// Retired versions reported as leaked and still holding on.
+    pub fn leaked(&self) -> Vec<Leak> {
+        self.retired.iter().filter_map(|r| r.leak.clone()).collect()
+    }
+
+    /// Follows `old`, just replaced or removed, until it lets go.
+    fn retire(&mut self, old: &Arc<PluginVersion>, drain_deadline: Duration) {
+        self.retired.push(Retired {
+            version: Arc::downgrade(old),
+            plugin: old.name().to_string(),
+            version_name: old.version().to_string(),
+            generation: old.generation,
+            retired_at: SystemTime::now(),
+            next_check: Instant::now() + drain_deadline,
+            shutdown_returned: old.shutdown_returned(),
+            code: threads::Code::of(old.code_address()),
+            leak: None,
+        });
+    }
+
+    /// When a retired version is next due to be examined (those already due wait for the
+    /// running census, if any: the loop examines them once it has answered).
+    fn next_retired_check(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.retired.iter().map(|r| r.next_check).filter(|t| self.census.is_none() || *t > now).min()
+    }
+
+    /// Examines the retired versions whose time has come (see the module doc): forgets those
+    /// that let go of everything, reports the others as leaked (once; and once more when they
+    /// let go). Threads are looked at only for versions no longer referenced (a referenced one
+    /// still has its runtime, legitimately), by one census over the process's threads on a
+    /// thread of its own; its answer comes back through [`Reloader::census_result`], so the
+    /// reloader never waits for it.
+    pub fn check_retired(&mut self, host: &Host) {
+        let now = Instant::now();
+        let every = Duration::from_millis(host.config.loader.drain_deadline_ms);
+        let due: Vec<u64> = self.retired.iter().filter(|r| r.next_check <= now).map(|r| r.generation).collect();
+        let mut census: Vec<(u64, threads::Code)> = Vec::new();
+        for generation in due {
+            let Some(r) = self.retired.iter_mut().find(|r| r.generation == generation) else { continue };
+            match &r.code {
+                Some(code) if r.version.strong_count() == 0 && self.census.is_none() => {
+                    census.push((generation, code.clone()));
+                    // Not due again while the census runs.
+                    r.next_check = now + every;
+                }
+                // A census is running: looked at once it is back.
+                Some(_) if r.version.strong_count() == 0 => {}
+                _ => self.examine(host, generation, None),
+            }
+        }
+        if census.is_empty() {
+            return;
+        }
+        let (generations, codes): (Vec<u64>, Vec<threads::Code>) = census.into_iter().unzip();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Its own thread, which ends with it (a pooled thread would linger, and be counted by
+        // anyone watching the process's threads).
+        let started = std::thread::Builder::new().name("thread-census".into()).spawn(move || {
+            let _ = tx.send(threads::settled_census(&codes));
+        });
+        match started {
+            Ok(_) => self.census = Some((generations, rx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the thread census");
+                for generation in generations {
+                    self.examine(host, generation, None);
+                }
+            }
+        }
+    }
+
+    /// Waits for the running thread census, if any (never completes otherwise).
+    async fn census_done(&mut self) -> Result<threads::Census, String> {
+        match self.census.as_mut() {
+            Some((_, rx)) => rx.await.unwrap_or_else(|e| Err(e.to_string())),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes the census's answer for the versions it was started for.
+    fn census_result(&mut self, host: &Host, result: Result<threads::Census, String>) {
+        let Some((generations, _)) = self.census.take() else { return };
+        let census = match result {
+            Ok(c) => {
+                if c.uninspected > 0 {
+                    tracing::debug!(threads = c.uninspected, "threads left uninspected by the census");
+                }
+                Some(c)
+            }
+            Err(e) => {
+                if self.census_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "cannot inspect the process's threads: threads left running by retired plugin versions are not detected");
+                    self.census_error = Some(e);
+                }
+                None
+            }
+        };
+        for (k, generation) in generations.into_iter().enumerate() {
+            let threads = census.as_ref().map(|c| c.started[k].clone());
+            self.examine(host, generation, threads);
+        }
+    }
+
+    /// One examination of retired version `generation` (`threads`: the live threads it
+    /// started, when they were looked at).
+    fn examine(&mut self, host: &Host, generation: u64, threads: Option<Vec<String>>) {
+        let every = Duration::from_millis(host.config.loader.drain_deadline_ms);
+        let Some(i) = self.retired.iter().position(|r| r.generation == generation) else { return };
+        let r = &mut self.retired[i];
+        let alive = r.version.upgrade();
+        let state = Leak {
+            plugin: r.plugin.clone(),
+            version: r.version_name.clone(),
+            generation: r.generation,
+            retired_at: r.retired_at.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs()),
+            calls_in_flight: alive.as_ref().map(|p| p.in_flight()).unwrap_or(0),
+            referenced: alive.is_some(),
+            shutdown_returned: r.shutdown_returned.load(Ordering::Acquire),
+            threads: if alive.is_some() { None } else { threads },
+        };
+        drop(alive);
+        let let_go = !state.referenced && state.shutdown_returned && state.threads.as_ref().is_none_or(Vec::is_empty);
+        if let_go {
+            if r.leak.is_some() {
+                tracing::info!(plugin = %r.plugin, version = %r.version_name, generation = r.generation, "a leaked plugin version has let go of its calls and threads");
+            }
+            self.retired.remove(i);
+            return;
+        }
+        if r.leak.is_none() {
+            let threads = match (&state.threads, state.referenced) {
+                (Some(t), _) => t.join(", "),
+                (None, true) => "not inspected (still referenced)".to_string(),
+                (None, false) => "not inspected (unavailable here)".to_string(),
+            };
+            tracing::warn!(
+                plugin = %state.plugin,
+                version = %state.version,
+                generation = state.generation,
+                calls_in_flight = state.calls_in_flight,
+                referenced = state.referenced,
+                shutdown_returned = state.shutdown_returned,
+                threads = %threads,
+                deadline_ms = every.as_millis() as u64,
+                "plugin version retired with a leak: {} at the drain deadline; its library stays mapped",
+                leak_summary(&state)
+            );
+            host.service.metrics.generation_leaked(&state.plugin);
+        }
+        r.leak = Some(state);
+        r.next_check = Instant::now() + every;
     }
 
     /// One rescan of the plugin directory.
@@ -164,7 +395,7 @@ impl Reloader {
             let registry = &host.service.registry;
             let snapshot = registry.snapshot();
             if let Some(old) = snapshot.plugins.iter().find(|p| p.source == path) {
-                self.retired.push(Arc::downgrade(old));
+                self.retire(old, Duration::from_millis(host.config.loader.drain_deadline_ms));
                 registry.store(snapshot.without_source(&path));
                 tracing::info!(file = %path.display(), plugin = old.name(), version = old.version(), "plugin file removed; its agents are no longer offered");
                 report.removed.push(path);
@@ -250,7 +481,7 @@ impl Reloader {
         match self.load(host, &file, serving.as_ref()).await {
             Ok(()) => {
                 if let Some(old) = serving {
-                    self.retired.push(Arc::downgrade(&old));
+                    self.retire(&old, Duration::from_millis(host.config.loader.drain_deadline_ms));
                 }
                 self.files.entry(path.to_path_buf()).or_default().refused = None;
                 Taken::Loaded
@@ -313,6 +544,23 @@ impl Reloader {
     }
 }
 
+/// What a leaked version still holds, in words.
+fn leak_summary(l: &Leak) -> String {
+    let mut parts = Vec::new();
+    if l.calls_in_flight > 0 {
+        parts.push(format!("calls in flight: {}", l.calls_in_flight));
+    } else if l.referenced {
+        parts.push("still referenced (open log streams)".to_string());
+    }
+    if !l.referenced && !l.shutdown_returned {
+        parts.push("shutdown() not returned".to_string());
+    }
+    if let Some(t) = l.threads.as_ref().filter(|t| !t.is_empty()) {
+        parts.push(format!("threads it started still running: {} ({})", t.len(), t.join(", ")));
+    }
+    parts.join(", ")
+}
+
 /// What a refusal is remembered by: the content and its signature.
 fn refusal_key(file: &PluginFile) -> String {
     match &file.signature {
@@ -329,13 +577,101 @@ enum Taken {
     Moving,
 }
 
+/// Makes the directory watcher: a handle that keeps it alive, or why it could not be set up.
+type WatcherFactory = dyn Fn(&Path, mpsc::Sender<()>) -> Result<Box<dyn Any + Send>, String> + Send + Sync;
+
+/// The inotify watch on the plugin directory, and what happens when there is none.
+struct DirWatch {
+    factory: Box<WatcherFactory>,
+    watcher: Option<Box<dyn Any + Send>>,
+    /// The directory (device, inode) the watch was set up for, or last failed on.
+    watched: Option<(u64, u64)>,
+    /// Why the last attempt failed, and when to try again.
+    failure: Option<(String, Instant)>,
+    /// The directory is missing (deleted, being replaced, not mounted yet).
+    missing: bool,
+}
+
+impl DirWatch {
+    fn new(factory: Box<WatcherFactory>) -> DirWatch {
+        DirWatch { factory, watcher: None, watched: None, failure: None, missing: false }
+    }
+
+    /// (Re-)establishes the watch when the directory appeared or was replaced, or when a
+    /// failed attempt is due again (every `retry`). A failure is logged once per cause.
+    fn ensure(&mut self, dir: &Path, tx: &mpsc::Sender<()>, retry: Duration, poll_interval_ms: u64) {
+        let identity = std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+        self.missing = identity.is_none();
+        if identity.is_none() {
+            self.watcher = None;
+            self.watched = None;
+            return;
+        }
+        if identity == self.watched {
+            match &self.failure {
+                None => return,
+                Some((_, again)) if Instant::now() < *again => return,
+                Some(_) => {}
+            }
+        }
+        match (self.factory)(dir, tx.clone()) {
+            Ok(w) => {
+                if self.failure.take().is_some() {
+                    tracing::info!(dir = %dir.display(), "watching the plugin directory with inotify again");
+                }
+                self.watcher = Some(w);
+            }
+            Err(e) => {
+                if self.failure.as_ref().map(|(f, _)| f.as_str()) != Some(e.as_str()) {
+                    tracing::warn!(
+                        dir = %dir.display(), error = %e, poll_interval_ms,
+                        "cannot watch the plugin directory with inotify; polling it every loader.poll_interval_ms instead"
+                    );
+                }
+                self.watcher = None;
+                self.failure = Some((e, Instant::now() + retry));
+            }
+        }
+        self.watched = identity;
+    }
+
+    fn watching(&self) -> bool {
+        self.watcher.is_some()
+    }
+
+    fn status(&self, configured: WatchMode) -> WatchStatus {
+        match configured {
+            WatchMode::Poll => WatchStatus { configured: "poll", mode: "poll", error: None },
+            WatchMode::Notify if self.watching() => WatchStatus { configured: "notify", mode: "notify", error: None },
+            WatchMode::Notify => WatchStatus {
+                configured: "notify",
+                mode: "poll",
+                error: Some(match (&self.failure, self.missing) {
+                    (_, true) => "the plugin directory is missing".to_string(),
+                    (Some((e, _)), false) => e.clone(),
+                    (None, false) => "not watching yet".to_string(),
+                }),
+            },
+        }
+    }
+}
+
+/// Why the watch loop woke up.
+enum Wake {
+    Rescan,
+    /// Only a retired version's drain deadline: no rescan needed.
+    Retired,
+    /// The thread census answered.
+    Census(Result<threads::Census, String>),
+    Stop,
+}
+
 /// Runs the reloader until `stop` fires: rescans on directory events, on SIGHUP, periodically,
-/// and soon again while files are settling.
+/// and soon again while files are settling; examines retired versions at their drain deadline.
 pub async fn watch(host: Arc<Host>, mut reloader: Reloader, mut stop: tokio::sync::watch::Receiver<bool>) {
     let loader = &host.config.loader;
     let (tx, mut events) = mpsc::channel::<()>(1);
-    let mut watcher = None;
-    let mut watched_dir: Option<(u64, u64)> = None;
+    let mut dir_watch = DirWatch::new(Box::new(start_watcher));
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -343,52 +679,63 @@ pub async fn watch(host: Arc<Host>, mut reloader: Reloader, mut stop: tokio::syn
             None
         }
     };
-    let interval = match loader.watch {
-        WatchMode::Notify => Duration::from_millis(loader.rescan_interval_ms),
-        WatchMode::Poll => Duration::from_millis(loader.poll_interval_ms),
-    };
+    let rescan_every = Duration::from_millis(loader.rescan_interval_ms);
+    let poll_every = Duration::from_millis(loader.poll_interval_ms);
     let settle = Duration::from_millis(loader.stable_ms.clamp(10, 1000) / 2 + 10);
     loop {
         if loader.watch == WatchMode::Notify {
-            // (Re-)establish the watch when the directory appeared or was replaced.
-            let identity = std::fs::metadata(&loader.plugin_dir).ok().map(|m| (m.dev(), m.ino()));
-            if identity != watched_dir {
-                watcher = identity.and_then(|_| start_watcher(&loader.plugin_dir, tx.clone()));
-                watched_dir = if watcher.is_some() { identity } else { None };
-            }
+            dir_watch.ensure(&loader.plugin_dir, &tx, rescan_every, loader.poll_interval_ms);
         }
-        // While the directory is missing (deleted, being replaced, not yet mounted) there is no
-        // watch to wake us: look for it again at the poll interval.
-        let unwatched = loader.watch == WatchMode::Notify && watched_dir.is_none();
+        *host.watch.lock().unwrap_or_else(|p| p.into_inner()) = dir_watch.status(loader.watch);
+        // Without a watch (poll mode, the fallback, or a missing directory) nothing wakes us
+        // but the poll interval.
         let wait = if reloader.pending {
             settle
-        } else if unwatched {
-            interval.min(Duration::from_millis(loader.poll_interval_ms))
+        } else if loader.watch == WatchMode::Poll {
+            poll_every
+        } else if !dir_watch.watching() {
+            rescan_every.min(poll_every)
         } else {
-            interval
+            rescan_every
         };
-        tokio::select! {
+        let retired_in = reloader.next_retired_check().map(|t| t.saturating_duration_since(Instant::now()));
+        let wake = tokio::select! {
             _ = events.recv() => {
                 // Coalesce a burst of events into one rescan.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while events.try_recv().is_ok() {}
+                Wake::Rescan
             }
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
                 tracing::info!("SIGHUP: rescanning the plugin directory");
+                Wake::Rescan
             }
-            () = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => break,
+            () = tokio::time::sleep(wait) => Wake::Rescan,
+            () = async { match retired_in { Some(d) if d < wait => tokio::time::sleep(d).await, _ => std::future::pending().await } } => Wake::Retired,
+            result = reloader.census_done() => Wake::Census(result),
+            _ = stop.changed() => Wake::Stop,
+        };
+        match wake {
+            Wake::Stop => break,
+            Wake::Retired => {}
+            Wake::Census(result) => reloader.census_result(&host, result),
+            Wake::Rescan => {
+                let report = reloader.rescan(&host).await;
+                if !report.loaded.is_empty() {
+                    host.settle_memory();
+                }
+                if !report.loaded.is_empty() || !report.removed.is_empty() || !report.refused.is_empty() {
+                    tracing::debug!(?report, "rescan");
+                }
+            }
         }
-        let report = reloader.rescan(&host).await;
+        reloader.check_retired(&host);
         host.set_draining(reloader.draining());
-        if !report.loaded.is_empty() || !report.removed.is_empty() || !report.refused.is_empty() {
-            tracing::debug!(?report, "rescan");
-        }
+        *host.leaked.lock().unwrap_or_else(|p| p.into_inner()) = reloader.leaked();
     }
-    drop(watcher);
 }
 
-fn start_watcher(dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn start_watcher(dir: &Path, tx: mpsc::Sender<()>) -> Result<Box<dyn Any + Send>, String> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let handler = move |event: notify::Result<notify::Event>| {
         // The host's own reads of plugin files raise access events: not changes.
@@ -399,18 +746,72 @@ fn start_watcher(dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::Recommended
         }
         let _ = tx.try_send(());
     };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start a file watcher; relying on the periodic rescan");
-            return None;
+    let mut watcher = notify::recommended_watcher(handler).map_err(|e| format!("cannot start an inotify watcher: {e}"))?;
+    watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|e| format!("cannot add an inotify watch: {e}"))?;
+    Ok(Box::new(watcher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("agent-host-reload-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_watcher_that_cannot_be_set_up_falls_back_to_polling_and_is_retried() {
+        let dir = temp_dir("fallback");
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let works = Arc::new(AtomicBool::new(false));
+        let (a, w) = (attempts.clone(), works.clone());
+        let factory: Box<WatcherFactory> = Box::new(move |_: &Path, _| {
+            a.fetch_add(1, Ordering::SeqCst);
+            if w.load(Ordering::SeqCst) {
+                Ok(Box::new(()) as Box<dyn Any + Send>)
+            } else {
+                Err("inotify_add_watch: No space left on device (os error 28)".to_string())
+            }
+        });
+        let (tx, _rx) = mpsc::channel(1);
+        let mut watch = DirWatch::new(factory);
+        watch.ensure(&dir, &tx, Duration::from_millis(50), 1000);
+        let status = watch.status(WatchMode::Notify);
+        assert_eq!((status.configured, status.mode), ("notify", "poll"));
+        assert!(status.error.unwrap().contains("No space left"));
+        // Not retried before its time (the loop runs every poll interval meanwhile).
+        watch.ensure(&dir, &tx, Duration::from_millis(50), 1000);
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        // Retried once due; back to notify when it works.
+        works.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(60));
+        watch.ensure(&dir, &tx, Duration::from_millis(50), 1000);
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(watch.status(WatchMode::Notify), WatchStatus { configured: "notify", mode: "notify", error: None });
+        // A replaced directory gets a new watch at once.
+        std::fs::remove_dir(&dir).unwrap();
+        watch.ensure(&dir, &tx, Duration::from_secs(60), 1000);
+        assert_eq!(watch.status(WatchMode::Notify).error.as_deref(), Some("the plugin directory is missing"));
+        std::fs::create_dir(&dir).unwrap();
+        watch.ensure(&dir, &tx, Duration::from_secs(60), 1000);
+        assert_eq!((attempts.load(Ordering::SeqCst), watch.status(WatchMode::Notify).mode), (3, "notify"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_real_watcher_reports_events() {
+        let dir = temp_dir("events");
+        let (tx, mut rx) = mpsc::channel(1);
+        let _w = start_watcher(&dir, tx).expect("inotify works here");
+        std::fs::write(dir.join("x.so"), b"x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rx.try_recv().is_err() {
+            assert!(Instant::now() < deadline, "no event");
+            std::thread::sleep(Duration::from_millis(10));
         }
-    };
-    match watcher.watch(dir, RecursiveMode::NonRecursive) {
-        Ok(()) => Some(watcher),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the plugin directory; relying on the periodic rescan");
-            None
-        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -69,5 +69,29 @@ pub fn render(status: &Value) -> String {
             text(&d["in_flight"])
         ));
     }
+    for l in status["leaked"].as_array().into_iter().flatten() {
+        let threads = match &l["threads"] {
+            Value::Array(t) => format!("{} threads it started running", t.len()),
+            _ => "threads not inspected".to_string(),
+        };
+        out.push_str(&format!(
+            "leaked: {} {} (generation {}), {} calls in flight, shutdown returned {}, {}\n",
+            text(&l["plugin"]),
+            text(&l["version"]),
+            text(&l["generation"]),
+            text(&l["calls_in_flight"]),
+            text(&l["shutdown_returned"]),
+            threads
+        ));
+    }
+    let watch = &status["watch"];
+    if watch["mode"].is_string() {
+        match &watch["error"] {
+            Value::String(e) => {
+                out.push_str(&format!("watch: {} (configured {}: {e})\n", text(&watch["mode"]), text(&watch["configured"])))
+            }
+            _ => out.push_str(&format!("watch: {}\n", text(&watch["mode"]))),
+        }
+    }
     out
 }

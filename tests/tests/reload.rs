@@ -283,6 +283,7 @@ async fn the_status_command_shows_serving_and_refused_files() {
     assert!(line("echo.so").contains("serving") && line("echo.so").contains("0.1.0"), "{text}");
     assert!(line("broken.so").contains("refused") && line("broken.so").contains("init_failed"), "{text}");
     assert!(text.contains("agent Echo Async Agent (echo_async v0)"), "{text}");
+    assert!(text.lines().any(|l| l == "watch: notify"), "{text}");
     host.stop().await;
 }
 
