@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -344,21 +345,23 @@ def start_servers(args, workdir, bodies, servers):
     answers_dir = Path(workdir) / "floor-answers"
     answers_dir.mkdir(exist_ok=True)
 
+    py_servers = ["agent-host"] + (["flytekit"] if "flytekit" in args.servers else [])
     flytekit_port, prom_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    fk = Server("flytekit", cpu + [args.pyflyte, "serve", "connector", "--port", str(flytekit_port), "--prometheus_port",
+    fk = None if "flytekit" not in args.servers else Server("flytekit", cpu + [args.pyflyte, "serve", "connector", "--port", str(flytekit_port), "--prometheus_port",
                                    str(prom_port), "--modules", "flytekit_echo"], workdir, env=env,
                 addr="127.0.0.1:%d" % flytekit_port, metrics="127.0.0.1:%d" % prom_port)
-    servers["flytekit"] = fk
+    if fk:
+        servers["flytekit"] = fk
 
     info = {}
-    for name in ["agent-host", "flytekit"]:
+    for name in py_servers:
         s = servers[name]
         info[name] = {"startup_s": first_answer(s, 2)[0]}
         time.sleep(1.0)
         info[name]["idle_rss"] = memory(s.proc.pid)[0]
     answers = {}
-    for name in ["agent-host", "flytekit"]:
+    for name in py_servers:
         ch = servers[name].channel()
         meta = agent_pb2.CreateTaskResponse.FromString(call(ch, "CreateTask", bodies["CreateTask"])).resource_meta
         bodies["GetTask@" + name] = get_request(meta)
@@ -397,16 +400,20 @@ def one_run(args, run, bodies):
     try:
         files = {}
         for kind in KINDS:
-            for name in SERVERS:
+            for name in servers:
                 key = "GetTask@" + name if kind == "GetTask" else kind
                 if key not in files:
                     p = Path(workdir) / ("body-%d.bin" % len(files))
                     p.write_bytes(b"".join(frame(x) for x in bodies["execute_parts"]) if kind == "ExecuteTaskSync" else frame(bodies[key]))
                     files[key] = p
-        for kind in KINDS:
+        if args.bodies_dir:
+            Path(args.bodies_dir).mkdir(parents=True, exist_ok=True)
+            for key, f in files.items():
+                shutil.copy(f, Path(args.bodies_dir) / ("%s.bin" % key.replace(" ", "-").replace("@", "-")))
+        for kind in args.kinds:
             for streams in args.streams:
                 for name in SERVERS:
-                    if name not in args.servers:
+                    if name not in args.servers or name not in servers:
                         continue
                     key = "GetTask@" + name if kind == "GetTask" else kind
                     r = measure(args, servers[name], kind, streams, files[key], len(answers[name][kind]), workdir)
@@ -455,7 +462,7 @@ def table(rows, infos, startup):
     out.append("| kind | streams | server | req/s | ×floor | ×flytekit | p50 ms | p99 ms | p99 ×floor | CPU s/10k | bad |")
     out.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = {}
-    for kind in KINDS:
+    for kind in [k for k in KINDS if any(r["kind"] == k for r in rows)]:
         for streams in sorted({r["streams"] for r in rows}):
             cell = lambda name, f: [r[f] for r in rows if r["kind"] == kind and r["streams"] == streams and r["server"] == name]
             # Ratios per run (same minute), then the median of those.
@@ -507,7 +514,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each measured load, roughly")
     ap.add_argument("--probe", type=float, default=1.0, help="warm-up before each measured load, seconds")
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 64])
-    ap.add_argument("--servers", nargs="+", default=SERVERS)
+    ap.add_argument("--servers", nargs="+", default=SERVERS, help="measure these (flytekit is not started without it)")
+    ap.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS, help="request kinds to measure")
+    ap.add_argument("--bodies-dir", help="also keep the gRPC-framed request bodies here (for profile.sh)")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--out", default="bench-compare")
