@@ -34,7 +34,6 @@ use abi_stable::library::{lib_header_from_path, LibraryError};
 use agent_plugin_abi::{__export::RStr, FfiBytes, HostServices, PluginModRef};
 use agent_proto::agenthost::plugin::v1::{InitRequest, PluginDescriptor};
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use crate::{
     plugin::PluginVersion,
@@ -428,9 +427,10 @@ impl Loader {
         crate::verify::read_plugin_file(path, &policy)
     }
 
-    /// Writes the content-addressed private copy (atomically), if not there yet. An existing
-    /// copy is used only if its content has the digest in its name: the bytes mapped must be
-    /// the bytes verified, whatever happened to the work directory meanwhile.
+    /// Writes the content-addressed private copy (atomically) from the verified bytes. A copy
+    /// already there (an earlier run's) is replaced, not trusted: the bytes mapped must be the
+    /// bytes verified, whatever happened to the work directory meanwhile, and writing them again
+    /// costs less than reading and hashing the old copy to check it.
     fn private_copy(&self, file: &PluginFile) -> Result<PathBuf, LoadError> {
         let dir = &self.settings.work_dir;
         {
@@ -443,12 +443,6 @@ impl Loader {
         }
         let path = dir.join(format!("{}.so", file.sha256));
         let mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner()).contains(&path);
-        if !mapped
-            && std::fs::metadata(&path).is_ok_and(|m| m.len() as usize == file.bytes.len())
-            && std::fs::read(&path).is_ok_and(|b| crate::verify::hex(&Sha256::digest(&b)) == file.sha256)
-        {
-            return Ok(path);
-        }
         let target = if mapped {
             // This content was mapped before: map a fresh file so the new load gets fresh statics.
             let n = self.copies.fetch_add(1, Ordering::Relaxed);
@@ -509,9 +503,11 @@ impl Loader {
         config_json: String,
         serving: &[(String, String)],
     ) -> Result<Arc<PluginVersion>, LoadError> {
+        let started = std::time::Instant::now();
         // Before any byte of the file is written anywhere or mapped by any process.
         let signed = self.settings.verifier.verify(file, serving)?;
         let private = self.private_copy(file)?;
+        let copied = started.elapsed();
         let fresh_copy = !private.ends_with(format!("{}.so", file.sha256));
         let init = InitRequest {
             config_json,
@@ -522,6 +518,7 @@ impl Loader {
             no_inline_calls: self.settings.no_inline_calls,
         };
         self.check_in_child(&private, &init).await?;
+        let checked = started.elapsed();
         // `open` maps the library: from now on this path must never be mapped again.
         self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(private.clone());
         let opened = open(&private);
@@ -546,6 +543,14 @@ impl Loader {
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         crate::memory::release_free_memory();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            plugin = %descriptor.name,
+            copy_ms = ms(copied),
+            check_ms = ms(checked - copied),
+            load_and_init_ms = ms(started.elapsed() - checked),
+            "load timings"
+        );
         Ok(Arc::new(PluginVersion::new(module, descriptor, file.source.clone(), file.sha256.clone(), SystemTime::now(), generation)))
     }
 }

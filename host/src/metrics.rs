@@ -16,11 +16,24 @@ use std::{
     time::Duration,
 };
 
-/// Label values joined by a separator that cannot appear in them (one allocation per update).
+/// Label values joined by a separator that cannot appear in them.
 const SEP: char = '\u{1f}';
 
-fn key(labels: &[&str]) -> String {
-    labels.join("\u{1f}")
+/// Runs `f` with the joined key of `labels`, built in a per-thread buffer: an update of an
+/// existing series allocates nothing (a call updates two or three series).
+fn with_key<R>(labels: &[&str], f: impl FnOnce(&str) -> R) -> R {
+    thread_local!(static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
+    KEY.with(|key| {
+        let mut key = key.borrow_mut();
+        key.clear();
+        for (i, label) in labels.iter().enumerate() {
+            if i > 0 {
+                key.push(SEP);
+            }
+            key.push_str(label);
+        }
+        f(&key)
+    })
 }
 
 fn values(key: &str) -> Vec<String> {
@@ -37,7 +50,15 @@ struct Counters(Mutex<BTreeMap<String, u64>>);
 
 impl Counters {
     fn add(&self, labels: &[&str], n: u64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(key(labels)).or_default() += n;
+        with_key(labels, |key| {
+            let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match m.get_mut(key) {
+                Some(v) => *v += n,
+                None => {
+                    m.insert(key.to_string(), n);
+                }
+            }
+        })
     }
 
     fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
@@ -51,10 +72,18 @@ struct Summaries(Mutex<BTreeMap<String, (u64, f64)>>);
 
 impl Summaries {
     fn observe(&self, labels: &[&str], value: f64) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (count, sum) = m.entry(key(labels)).or_default();
-        *count += 1;
-        *sum += value;
+        with_key(labels, |key| {
+            let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match m.get_mut(key) {
+                Some((count, sum)) => {
+                    *count += 1;
+                    *sum += value;
+                }
+                None => {
+                    m.insert(key.to_string(), (1, value));
+                }
+            }
+        })
     }
 
     fn snapshot(&self) -> Vec<(Vec<String>, (u64, f64))> {
