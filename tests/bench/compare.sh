@@ -17,23 +17,21 @@ out="$target/bench"
 mkdir -p "$out"
 bash tests/bench/setup.sh >&2
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-    cargo build --release --locked -p agent-host -p echo-plugin -p fixture-good -p fixture-panic-in-call
-    cargo build --release --locked -p agent-host-tests --bin bench-floor
-    # The other example plugins, for the start-up directory (whatever builds).
-    cargo build --release --locked || echo "compare: not every example plugin builds; the start-up uses those that do" >&2
+    cargo build --release --locked -p agent-host -p agent-host-tests --bin agent-host --bin bench-floor
+    cargo build --release --locked -p echo-plugin -p webhook-plugin -p sensor-plugin -p rest-job-plugin -p chat-plugin
 fi
 
 # The echo plugin alone, for the load.
 rm -rf "$out/echo-dir" && mkdir -p "$out/echo-dir"
 strip -o "$out/echo-dir/echo.so" "$target/libecho_plugin.so"
 
-# Five valid plugins for the start-up: the example plugins under plugins/ that are built and the
-# `good` and `panic-in-call` fixtures, the first five by name (each passes `agent-host check`).
+# The five example plugins of plugins/ (echo, webhook, sensor, rest-job, chat) for the start-up
+# and the idle RSS with the example plugins loaded (each must pass `agent-host check`).
 rm -rf "$out/five" && mkdir -p "$out/five"
 n=0
 for lib in "$target"/lib*.so; do
     name="$(basename "$lib" .so)"; name="${name#lib}"
-    case "$name" in *_plugin|fixture_good|fixture_panic_in_call) ;; *) continue ;; esac
+    case "$name" in *_plugin) ;; *) continue ;; esac
     "$target/agent-host" check "$lib" > /dev/null 2>&1 || continue
     [[ $n -lt 5 ]] || break
     strip -o "$out/five/$name.so" "$lib"
