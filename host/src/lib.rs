@@ -88,6 +88,8 @@ pub struct Host {
     /// Readiness, as the gRPC health status "" says it (for `/readyz`, which a plain HTTP
     /// probe can read also when the gRPC port speaks TLS).
     pub ready: std::sync::atomic::AtomicBool,
+    /// A [`Host::settle_memory`] is scheduled and has not run yet.
+    settle_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the host could not run.
@@ -146,6 +148,7 @@ impl Host {
             watch: Mutex::new(reload::WatchStatus::default()),
             shutdown,
             ready: std::sync::atomic::AtomicBool::new(false),
+            settle_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             config,
         })
     }
@@ -184,18 +187,27 @@ impl Host {
             }
             tokio::time::sleep(Duration::from_millis(self.config.loader.stable_ms.clamp(10, 1000) / 2 + 10)).await;
         }
-        self.settle_memory();
+        self.settle_memory(true);
     }
 
     /// After loads: once the new plugins' threads have started, unmap the code pages that loading
-    /// touched and serving does not use (see [`memory::drop_clean_library_pages`]).
-    pub fn settle_memory(&self) {
-        let dir = self.config.work_dir();
+    /// touched and serving does not use (see [`memory::drop_clean_library_pages`]). After the
+    /// first scan this includes the host's own code (start-up touched much of it once); after a
+    /// reload only the plugin copies, at most once per 5 s, because dropping the serving path's
+    /// own pages would make the calls right after every reload fault them back in.
+    pub fn settle_memory(&self, first_scan: bool) {
+        use std::sync::atomic::Ordering;
+        if self.settle_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (dir, pending) = (self.config.work_dir(), self.settle_pending.clone());
+        let delay = Duration::from_millis(if first_scan { 200 } else { 5000 });
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(delay).await;
+            pending.store(false, Ordering::Release);
             let _ = tokio::task::spawn_blocking(move || {
                 memory::release_free_memory();
-                let dropped = memory::drop_clean_library_pages(&dir);
+                let dropped = memory::drop_clean_library_pages(&dir, first_scan);
                 tracing::debug!(dropped_kib = dropped / 1024, "unmapped the code pages that loading touched");
             })
             .await;

@@ -44,14 +44,18 @@ pub fn drop_clean_file_pages(file: &std::path::Path) -> usize {
 }
 
 /// [`drop_clean_file_pages`] for the files under `dir` (the private copies of every loaded
-/// plugin) and this executable. Run after loads settle: a plugin's runtime threads start and
-/// touch code after its `init` returned.
-pub fn drop_clean_library_pages(dir: &std::path::Path) -> usize {
-    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+/// plugin), and this executable if `with_exe`. Run after loads settle: a plugin's runtime
+/// threads start and touch code after its `init` returned.
+pub fn drop_clean_library_pages(dir: &std::path::Path, with_exe: bool) -> usize {
+    let exe = if with_exe {
+        std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    } else {
+        String::new()
+    };
     // The kernel names mappings by their resolved path.
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let dir = format!("{}/", dir.to_string_lossy().trim_end_matches('/'));
-    drop_clean_pages_where(|path| path == exe || path.starts_with(&dir))
+    drop_clean_pages_where(|path| (!exe.is_empty() && path == exe) || path.starts_with(&dir))
 }
 
 fn drop_clean_pages_where(wanted: impl Fn(&str) -> bool) -> usize {

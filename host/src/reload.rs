@@ -722,7 +722,7 @@ pub async fn watch(host: Arc<Host>, mut reloader: Reloader, mut stop: tokio::syn
             Wake::Rescan => {
                 let report = reloader.rescan(&host).await;
                 if !report.loaded.is_empty() {
-                    host.settle_memory();
+                    host.settle_memory(false);
                 }
                 if !report.loaded.is_empty() || !report.removed.is_empty() || !report.refused.is_empty() {
                     tracing::debug!(?report, "rescan");
