@@ -11,11 +11,17 @@ checks that at loader.max_libraries further reloads are refused with the metric
 agent_host_plugin_load_failures_total{reason="max_libraries"} (and the host is still up).
 Prints one JSON object with the figures.
 
-    python soak.py threads --host-exe ... --v1 A.so --v2 B.so --reloads 100
+    python soak.py threads --host-exe ... --fixtures target/debug/fixtures --reloads 100 \
+        --drain-deadline-ms 1000
 
-Row 15, with the plugin's own tokio runtime (the SDK starts one per plugin in init and stops it
-in shutdown) as the plugin-owned threads: the host's thread count must come back to its
-baseline after each retire.
+Row 15, plugin-owned threads, for three plugins in turn, each reloaded RELOADS times in its own
+host (alternating its two builds): `echo` (its only threads are the plugin runtime the SDK
+starts in init and stops in shutdown), `threads` (also a thread of its own that uses the SDK
+runtime's handle and one running a tokio runtime of its own; they stop at shutdown) and
+`leaky` (the same threads, ignoring shutdown). For echo and threads the host's thread count
+must come back to its baseline after each retire, within the drain deadline, with no version
+reported as leaked; for leaky every retired version must be reported
+(agent_host_generations_leaked_total) and leave exactly its two threads behind.
 """
 import argparse
 import json
@@ -49,29 +55,29 @@ def get(url):
         return r.read().decode()
 
 
-def generation(admin):
+def generation(admin, name="echo.so"):
     for f in json.loads(get("http://%s/plugins" % admin))["files"]:
-        if f["path"].endswith("/echo.so"):
+        if f["path"].endswith("/" + name):
             return f.get("generation"), f.get("error_reason")
     return None, None
 
 
-def publish(src, plugin_dir):
-    tmp = os.path.join(plugin_dir, ".echo.so.tmp")
+def publish(src, plugin_dir, name="echo.so"):
+    tmp = os.path.join(plugin_dir, "." + name + ".tmp")
     shutil.copyfile(src, tmp)
-    os.rename(tmp, os.path.join(plugin_dir, "echo.so"))
+    os.rename(tmp, os.path.join(plugin_dir, name))
 
 
-def start(exe, v1, max_libraries):
+def start(exe, v1, max_libraries, name="echo.so", loader_extra=""):
     d = tempfile.mkdtemp(prefix="agent-host-soak-")
     plugins = os.path.join(d, "plugins")
     os.makedirs(plugins)
-    shutil.copyfile(v1, os.path.join(plugins, "echo.so"))
+    shutil.copyfile(v1, os.path.join(plugins, name))
     cfg = os.path.join(d, "config.toml")
     with open(cfg, "w") as f:
         f.write('[server]\nhost = "127.0.0.1"\nport = 0\nmetrics_port = 0\n'
-                '[loader]\nplugin_dir = "%s"\nwork_dir = "%s"\nstable_ms = 20\nmax_libraries = %d\n'
-                '[log]\nlevel = "warn"\n' % (plugins, os.path.join(d, "work"), max_libraries))
+                '[loader]\nplugin_dir = "%s"\nwork_dir = "%s"\nstable_ms = 20\nmax_libraries = %d\n%s'
+                '[log]\nlevel = "warn"\n' % (plugins, os.path.join(d, "work"), max_libraries, loader_extra))
     p = subprocess.Popen([exe, "serve", "--config", cfg], stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     words = dict(w.split("=", 1) for w in line.split() if "=" in w)
@@ -160,44 +166,83 @@ def memory(a):
 
 
 def threads(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
+    """The host's threads, leaving out its short-lived thread census (run at drain deadlines)."""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, t)) as f:
+                if f.read().strip() != "thread-census":
+                    n += 1
+        except OSError:
+            pass
+    return n
 
 
-def thread_count(a):
-    """Row 15 (with the SDK's own per-plugin runtime as the plugin-owned threads): the host's
-    thread count after RELOADS reloads, each retiring a version whose runtime must stop."""
-    p, d, plugins, grpc_addr, admin = start(a.host_exe, a.v1, a.reloads + 3)
+def metric(admin, name):
+    for line in get("http://%s/metrics" % admin).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def thread_count_one(a, plugin):
+    """RELOADS reloads of one plugin in its own host: thread counts and leak reports."""
+    name = plugin + ".so"
+    v1, v2 = (os.path.join(a.fixtures, "%s-%s.so" % (plugin, v)) for v in ("v1", "v2"))
+    deadline_s = a.drain_deadline_ms / 1000.0
+    p, d, plugins, grpc_addr, admin = start(a.host_exe, v1, a.reloads + 3, name,
+                                            "drain_deadline_ms = %d\n" % a.drain_deadline_ms)
     try:
         time.sleep(1)
         baseline = threads(p.pid)
-        gen, _ = generation(admin)
-        peak, after_each = baseline, []
+        gen, _ = generation(admin, name)
+        peak, after_each, back_s = baseline, [], []
+        started = time.time()
         for i in range(1, a.reloads + 1):
-            publish(a.v2 if i % 2 else a.v1, plugins)
+            publish(v2 if i % 2 else v1, plugins, name)
+            seen_deadline = time.time() + 20
             while True:
-                g, _ = generation(admin)
+                g, err = generation(admin, name)
                 if g != gen:
                     gen = g
                     break
+                if time.time() > seen_deadline:
+                    raise SystemExit("%s reload %d not seen within 20 s (error: %s)" % (plugin, i, err))
                 time.sleep(0.005)
+            seen = time.time()
             peak = max(peak, threads(p.pid))
-            # Within the drain deadline (nothing is in flight here: at once, give it 1 s).
-            deadline = time.time() + 1.0
-            while threads(p.pid) > baseline and time.time() < deadline:
-                time.sleep(0.01)
+            # Back to the baseline within the drain deadline (a leaky plugin never is).
+            while threads(p.pid) > baseline and time.time() - seen < deadline_s:
+                time.sleep(0.005)
             after_each.append(threads(p.pid))
-        print(json.dumps({
-            "reloads": a.reloads, "threads_baseline": baseline, "threads_peak": peak,
+            if after_each[-1] <= baseline:
+                back_s.append(time.time() - seen)
+        reload_seconds = time.time() - started
+        # Past the last drain deadline, every retired version has been examined.
+        time.sleep(deadline_s + 1.0)
+        status = json.loads(get("http://%s/plugins" % admin))
+        leaked = status.get("leaked", [])
+        return {
+            "plugin": plugin, "reloads": a.reloads, "reload_seconds": round(reload_seconds, 1),
+            "drain_deadline_ms": a.drain_deadline_ms,
+            "threads_baseline": baseline, "threads_peak": peak,
             "threads_after_reload_max": max(after_each), "threads_final": threads(p.pid),
-            "reloads_back_to_baseline_within_1s": sum(1 for t in after_each if t <= baseline),
-        }))
+            "reloads_back_to_baseline_within_deadline": len(back_s),
+            "back_to_baseline_s_max": round(max(back_s), 3) if back_s else None,
+            "generations_leaked_total": metric(admin, 'agent_host_generations_leaked_total{plugin="%s"}' % plugin),
+            "generations_leaked_now": metric(admin, "agent_host_generations_leaked"),
+            "leaked_thread_names": sorted({t for l in leaked for t in (l.get("threads") or [])}),
+            "host_alive": p.poll() is None,
+        }
     finally:
         p.kill()
         p.wait()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def thread_count(a):
+    """Row 15 for echo, threads and leaky (see the module doc)."""
+    print(json.dumps([thread_count_one(a, plugin) for plugin in ("echo", "threads", "leaky")], indent=1))
 
 
 def main():
@@ -211,9 +256,9 @@ def main():
     m.add_argument("--load-seconds", type=int, default=600)
     t = sub.add_parser("threads")
     t.add_argument("--host-exe", required=True)
-    t.add_argument("--v1", required=True)
-    t.add_argument("--v2", required=True)
+    t.add_argument("--fixtures", required=True, help="directory with echo-, threads- and leaky-v1.so / -v2.so")
     t.add_argument("--reloads", type=int, default=100)
+    t.add_argument("--drain-deadline-ms", type=int, default=1000)
     a = ap.parse_args()
     {"memory": memory, "threads": thread_count}[a.cmd](a)
 

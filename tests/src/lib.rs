@@ -150,6 +150,32 @@ impl Drop for TestHost {
     }
 }
 
+/// Starts `agent-host serve --config <config>` with `stderr` as its log, and reads the
+/// addresses it prints: (child, gRPC address, admin address).
+pub async fn spawn_serve(config: &Path, stderr: std::process::Stdio) -> (std::process::Child, std::net::SocketAddr, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(host_exe())
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("starting agent-host");
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let field = |k: &str| -> std::net::SocketAddr {
+        line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or_else(|| panic!("no {k} in {line:?}")).parse().unwrap()
+    };
+    (child, field("grpc="), field("metrics="))
+}
+
 /// One unary call with prost messages.
 pub async fn unary<Req, Resp>(channel: Channel, path: &'static str, request: Req) -> Result<Resp, Status>
 where
@@ -218,7 +244,6 @@ impl HostProcess {
     /// Starts `agent-host serve` with `extra_config` (TOML appended to a loopback config) and
     /// these plugins, and waits until it serves.
     pub async fn start(plugins: &[(&str, PathBuf)], extra_config: &str) -> HostProcess {
-        use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).unwrap();
@@ -235,26 +260,7 @@ impl HostProcess {
             ),
         )
         .unwrap();
-        let mut child = std::process::Command::new(host_exe())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("starting agent-host");
-        let stdout = child.stdout.take().unwrap();
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
-            line
-        })
-        .await
-        .unwrap();
-        let field = |k: &str| -> std::net::SocketAddr {
-            line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or_else(|| panic!("no {k} in {line:?}")).parse().unwrap()
-        };
-        let (addr, admin_addr) = (field("grpc="), field("metrics="));
+        let (child, addr, admin_addr) = spawn_serve(&config, std::process::Stdio::inherit()).await;
         let me = HostProcess { child, addr, admin_addr, plugin_dir, _dir: dir };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::time::Instant::now() < deadline {

@@ -1,8 +1,11 @@
 //! Running in production: metrics, limits, deadlines, graceful shutdown, configuration errors.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use agent_host_tests::{echo_plugin, http_get, unary, HostProcess, TestHost};
+use agent_host_tests::{echo_plugin, http_get, unary, TestHost};
 use agent_proto::flyteidl::{admin, core};
 use tonic::{transport::Channel, Code};
 
@@ -143,49 +146,278 @@ async fn watch_health(ch: Channel) -> tonic::Streaming<tonic_health::pb::HealthC
         .into_inner()
 }
 
-#[tokio::test]
-async fn sigterm_drains_calls_in_flight_then_exits_zero() {
-    let mut host = HostProcess::start(&[("echo.so", echo_plugin())], "shutdown_grace_ms = 10000").await;
-    let ch = host.channel().await.unwrap();
-    let mut health = watch_health(ch.clone()).await;
-    assert_eq!(health.message().await.unwrap().unwrap().status, 1, "SERVING before");
-    let calls: Vec<_> = (0..10)
-        .map(|i| tokio::spawn(unary::<_, admin::CreateTaskResponse>(ch.clone(), CREATE, create("echo_async", Some(1000 + 100 * i)))))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+// Row 10, graceful shutdown, at the RELIABILITY.md size: SIGTERM to the host process with 50
+// unary calls in flight (each sleeping 1–3 s in the plugin) and 5 GetTaskLogs streams held open,
+// once with a 25 s drain budget and once with 2 s. The host is started here rather than through
+// `HostProcess`, so that its log (stderr) can be read afterwards for the plugin shutdown hooks.
 
-    let signalled = Instant::now();
-    host.signal("TERM");
-    let next = tokio::time::timeout(Duration::from_secs(2), health.message()).await.expect("a health transition").unwrap().unwrap();
-    assert_eq!(next.status, 2, "NOT_SERVING");
-    assert!(signalled.elapsed() < Duration::from_millis(100), "NOT_SERVING took {:?}", signalled.elapsed());
-    // New connections are refused while the calls drain.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(std::net::TcpStream::connect(host.addr).is_err(), "the listener is closed");
-    for c in calls {
-        c.await.unwrap().expect("every call in flight completes");
-    }
-    let status = tokio::task::spawn_blocking(move || host.child.wait().unwrap()).await.unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert!(signalled.elapsed() < Duration::from_secs(5), "exited {:?} after SIGTERM", signalled.elapsed());
+const LOGS: &str = "/flyteidl.service.AsyncAgentService/GetTaskLogs";
+const DRAIN_CALLS: usize = 50;
+const DRAIN_STREAMS: usize = 5;
+/// Calls and streams spread over this many connections (each gets its own GOAWAY).
+const DRAIN_CONNECTIONS: usize = 5;
+
+/// `agent-host serve` in a child process, its log in a file.
+struct DrainHost {
+    child: Option<std::process::Child>,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-#[tokio::test]
-async fn a_short_grace_period_ends_long_calls_with_unavailable_and_exits_on_time() {
-    let mut host = HostProcess::start(&[("echo.so", echo_plugin())], "shutdown_grace_ms = 500").await;
-    let ch = host.channel().await.unwrap();
-    let calls: Vec<_> =
-        (0..5).map(|_| tokio::spawn(unary::<_, admin::CreateTaskResponse>(ch.clone(), CREATE, create("echo_async", Some(5000))))).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let signalled = Instant::now();
-    host.signal("TERM");
-    for c in calls {
-        let err = c.await.unwrap().unwrap_err();
-        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+impl DrainHost {
+    async fn start(grace_ms: u64) -> DrainHost {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::copy(echo_plugin(), plugins.join("echo.so")).unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhost = \"127.0.0.1\"\nport = 0\nmetrics_port = 0\nshutdown_grace_ms = {grace_ms}\n\
+                 [loader]\nplugin_dir = {plugins:?}\nwork_dir = {:?}\n\
+                 [log]\nlevel = \"info,agent_host::plugin=debug\"\n",
+                dir.path().join("work")
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("host.log");
+        let (child, addr, admin) = agent_host_tests::spawn_serve(&config, std::fs::File::create(&log).unwrap().into()).await;
+        let me = DrainHost { child: Some(child), addr, admin, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(ch) = me.connect().await {
+                let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                let r: Result<tonic_health::pb::HealthCheckResponse, _> = unary(ch, "/grpc.health.v1.Health/Check", req).await;
+                if r.map(|r| r.status == 1).unwrap_or(false) {
+                    return me;
+                }
+            }
+            assert!(Instant::now() < deadline, "agent-host did not become SERVING within 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    let status = tokio::task::spawn_blocking(move || host.child.wait().unwrap()).await.unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert!(signalled.elapsed() < Duration::from_millis(1500), "exited {:?} after SIGTERM with a 500 ms grace", signalled.elapsed());
+
+    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await
+    }
+
+    fn sigterm(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success();
+        assert!(ok, "kill -TERM failed");
+    }
+}
+
+impl Drop for DrainHost {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A CreateTask for echo_async with these `custom` switches.
+fn create_with(switches: &[(&str, f64)]) -> admin::CreateTaskRequest {
+    let number = |n: f64| prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(n)) };
+    let custom = prost_types::Struct { fields: switches.iter().map(|(k, v)| (k.to_string(), number(*v))).collect() };
+    admin::CreateTaskRequest {
+        template: Some(core::TaskTemplate { r#type: "echo_async".into(), custom: Some(custom), ..Default::default() }),
+        inputs: Some(core::LiteralMap::default()),
+        ..Default::default()
+    }
+}
+
+/// What one log stream saw: lines before and after SIGTERM, how it ended and when.
+struct StreamEnd {
+    ticks_after_signal: usize,
+    status: Option<tonic::Status>,
+    ended: Instant,
+}
+
+/// Opens a GetTaskLogs stream on a job created with `echo_log_every_ms` and reads it until the
+/// first tick (so it is open in the host before SIGTERM); the rest is read by a task.
+async fn open_log_tail(ch: Channel, signalled: Arc<std::sync::OnceLock<Instant>>) -> tokio::task::JoinHandle<StreamEnd> {
+    let created: admin::CreateTaskResponse = unary(ch.clone(), CREATE, create_with(&[("echo_log_every_ms", 200.0)])).await.unwrap();
+    let req = admin::GetTaskLogsRequest {
+        task_category: Some(admin::TaskCategory { name: "echo_async".into(), version: 0 }),
+        resource_meta: created.resource_meta,
+        ..Default::default()
+    };
+    let mut client = tonic::client::Grpc::new(ch);
+    client.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<admin::GetTaskLogsRequest, admin::GetTaskLogsResponse>::default();
+    let mut stream =
+        client.server_streaming(tonic::Request::new(req), http::uri::PathAndQuery::from_static(LOGS), codec).await.unwrap().into_inner();
+    let header = stream.message().await.unwrap().unwrap();
+    assert!(matches!(header.part, Some(admin::get_task_logs_response::Part::Header(_))), "{header:?}");
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.part, Some(admin::get_task_logs_response::Part::Body(_))), "{first:?}");
+    tokio::spawn(async move {
+        let mut ticks_after_signal = 0;
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => ticks_after_signal += usize::from(signalled.get().is_some()),
+                Ok(None) => return StreamEnd { ticks_after_signal, status: None, ended: Instant::now() },
+                Err(status) => return StreamEnd { ticks_after_signal, status: Some(status), ended: Instant::now() },
+            }
+        }
+    })
+}
+
+/// What the shutdown looked like from the clients.
+struct Drained {
+    /// Per call: its sleep, when it was sent, and how it ended (with when).
+    calls: Vec<(u64, Instant, Result<String, Code>, Instant)>,
+    streams: Vec<StreamEnd>,
+    signalled: Instant,
+    not_serving_after: Duration,
+    exit_code: Option<i32>,
+    exited_after: Duration,
+    log: String,
+}
+
+/// Starts a host with `grace_ms`, puts 50 calls (sleeps spread over 1–3 s) and 5 log streams in
+/// flight over 5 connections, sends SIGTERM, and records how everything ended.
+async fn sigterm_with_work_in_flight(grace_ms: u64) -> Drained {
+    let mut host = DrainHost::start(grace_ms).await;
+    let mut channels = Vec::new();
+    for _ in 0..DRAIN_CONNECTIONS {
+        channels.push(host.connect().await.unwrap());
+    }
+    let mut health = watch_health(host.connect().await.unwrap()).await;
+    assert_eq!(health.message().await.unwrap().unwrap().status, 1, "SERVING before");
+
+    let signalled_at = Arc::new(std::sync::OnceLock::new());
+    let mut streams = Vec::new();
+    for i in 0..DRAIN_STREAMS {
+        streams.push(open_log_tail(channels[i % DRAIN_CONNECTIONS].clone(), signalled_at.clone()).await);
+    }
+    let calls: Vec<_> = (0..DRAIN_CALLS)
+        .map(|i| {
+            let sleep_ms = 1000 + (2000 * i / (DRAIN_CALLS - 1)) as u64;
+            let ch = channels[i % DRAIN_CONNECTIONS].clone();
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let r = unary::<_, admin::CreateTaskResponse>(ch, CREATE, create_with(&[("echo_sleep_ms", sleep_ms as f64)])).await;
+                let r = r.map(|c| String::from_utf8_lossy(&c.resource_meta).into_owned()).map_err(|e| e.code());
+                (sleep_ms, sent, r, Instant::now())
+            })
+        })
+        .collect();
+    // Every call is running inside the plugin before the signal.
+    let in_flight = "agent_host_calls_in_flight{plugin=\"echo\",agent=\"Echo Async Agent\"} ";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent_host_tests::metric(host.admin, in_flight).await < DRAIN_CALLS as f64 {
+        assert!(Instant::now() < deadline, "the {DRAIN_CALLS} calls did not all reach the plugin");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let signalled = Instant::now();
+    host.sigterm();
+    let _ = signalled_at.set(signalled);
+    let next = tokio::time::timeout(Duration::from_secs(2), health.message()).await.expect("a health transition").unwrap().unwrap();
+    let not_serving_after = signalled.elapsed();
+    assert_eq!(next.status, 2, "NOT_SERVING");
+    // New connections are refused while the work drains.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(std::net::TcpStream::connect(host.addr).is_err(), "the listener is closed");
+
+    let mut ended = Vec::new();
+    for c in calls {
+        ended.push(c.await.unwrap());
+    }
+    let mut stream_ends = Vec::new();
+    for s in streams {
+        stream_ends.push(s.await.unwrap());
+    }
+    let mut child = host.child.take().expect("running");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exited_after = signalled.elapsed();
+    let log = std::fs::read_to_string(&host.log).unwrap_or_default();
+    Drained { calls: ended, streams: stream_ends, signalled, not_serving_after, exit_code: status.code(), exited_after, log }
+}
+
+/// Checks the parts both budgets share: NOT_SERVING at once, every stream open through the
+/// drain and ended with UNAVAILABLE at the deadline, exit 0 within the budget plus 1 s, and the
+/// plugin version's shutdown hook run before the exit.
+fn check_common(d: &Drained, grace: Duration) {
+    assert!(d.not_serving_after < Duration::from_millis(100), "NOT_SERVING took {:?}", d.not_serving_after);
+    for s in &d.streams {
+        let status = s.status.as_ref().expect("a stream ends with a final status, not a bare end");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let at = s.ended - d.signalled;
+        assert!(at + Duration::from_millis(100) >= grace && at < grace + Duration::from_secs(1), "a stream ended {at:?} after SIGTERM");
+        assert!(s.ticks_after_signal > 0, "the stream stayed open during the drain");
+    }
+    assert_eq!(d.exit_code, Some(0), "exit status; log:\n{}", d.log);
+    assert!(d.exited_after < grace + Duration::from_secs(1), "exited {:?} after SIGTERM with a {grace:?} budget", d.exited_after);
+    let retired = d.log.lines().any(|l| l.contains("plugin version retired") && l.contains("echo@0.1.0"));
+    assert!(retired, "the echo version's shutdown hook did not run; log:\n{}", d.log);
+    assert!(!d.log.contains("still running at exit"), "{}", d.log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_25_s_budget_completes_50_calls_and_ends_5_log_streams_at_the_deadline() {
+    let grace = Duration::from_secs(25);
+    let d = sigterm_with_work_in_flight(grace.as_millis() as u64).await;
+    for (sleep_ms, _, result, _) in &d.calls {
+        let meta = result.as_ref().unwrap_or_else(|code| panic!("the call sleeping {sleep_ms} ms ended with {code:?}"));
+        assert!(meta.contains("\"created_by\":\"0.1.0\""), "{meta}");
+    }
+    let last_call = d.calls.iter().map(|c| c.3 - d.signalled).max().unwrap();
+    check_common(&d, grace);
+    println!(
+        "25 s budget: NOT_SERVING after {:?}; {DRAIN_CALLS} calls OK, the last {last_call:?} after SIGTERM; {DRAIN_STREAMS} streams ended \
+         UNAVAILABLE {:?}..{:?} after SIGTERM; exit 0 after {:?}",
+        d.not_serving_after,
+        d.streams.iter().map(|s| s.ended - d.signalled).min().unwrap(),
+        d.streams.iter().map(|s| s.ended - d.signalled).max().unwrap(),
+        d.exited_after
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_2_s_budget_exits_on_time_and_ends_unfinished_calls_with_unavailable() {
+    let grace = Duration::from_secs(2);
+    let d = sigterm_with_work_in_flight(grace.as_millis() as u64).await;
+    let deadline = d.signalled + grace;
+    let (mut ok, mut ended, mut unavailable) = (0, 0, 0);
+    for (sleep_ms, sent, result, at) in &d.calls {
+        let due = *sent + Duration::from_millis(*sleep_ms);
+        match result {
+            Ok(_) => {
+                ok += 1;
+                assert!(*at < deadline + Duration::from_millis(500), "the call sleeping {sleep_ms} ms answered OK after the deadline");
+            }
+            Err(code) => {
+                ended += 1;
+                unavailable += usize::from(*code == Code::Unavailable);
+                assert!(matches!(code, Code::Unavailable | Code::Cancelled), "the call sleeping {sleep_ms} ms ended with {code:?}");
+                assert!(due + Duration::from_millis(300) > deadline, "the call sleeping {sleep_ms} ms was due before the deadline");
+            }
+        }
+        // Calls due well before the deadline complete; calls due well after it are ended.
+        if due + Duration::from_millis(300) < deadline {
+            assert!(result.is_ok(), "the call sleeping {sleep_ms} ms was due before the deadline: {result:?}");
+        }
+        if due > deadline + Duration::from_millis(300) {
+            assert!(result.is_err(), "the call sleeping {sleep_ms} ms answered though due after the deadline");
+        }
+    }
+    assert!(ok > 0 && ended > 0, "{ok} OK, {ended} ended");
+    check_common(&d, grace);
+    println!(
+        "2 s budget: NOT_SERVING after {:?}; {ok} calls OK, {ended} ended ({unavailable} UNAVAILABLE, the rest CANCELLED); {DRAIN_STREAMS} streams ended \
+         UNAVAILABLE {:?}..{:?} after SIGTERM; exit 0 after {:?}",
+        d.not_serving_after,
+        d.streams.iter().map(|s| s.ended - d.signalled).min().unwrap(),
+        d.streams.iter().map(|s| s.ended - d.signalled).max().unwrap(),
+        d.exited_after
+    );
 }
 
 #[test]
