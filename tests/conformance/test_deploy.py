@@ -49,6 +49,11 @@ METRICS = [
     "agent_host_mapped_libraries",
     "agent_host_calls_in_flight",
     "agent_host_plugin_panics_total",
+    "agent_host_calls_rejected_total",
+    "agent_host_draining_versions",
+    "agent_host_generations_leaked_total",
+    "agent_host_generations_leaked",
+    "agent_host_watch_mode",
 ]
 
 
