@@ -521,7 +521,11 @@ impl Loader {
         let checked = started.elapsed();
         // `open` maps the library: from now on this path must never be mapped again.
         self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(private.clone());
-        let opened = open(&private);
+        let opened = {
+            // No page trim may run while the dynamic loader maps and relocates this library.
+            let _mapping = crate::memory::MAPPING.lock().unwrap_or_else(|p| p.into_inner());
+            open(&private)
+        };
         if fresh_copy {
             // The mapping keeps the content; the name is only needed for `dlopen`.
             let _ = std::fs::remove_file(&private);

@@ -7,6 +7,16 @@
 //! Fixing the threshold keeps large, short-lived buffers (plugin files, large requests) out of
 //! the heaps; [`release_free_memory`] hands back what the heaps hold free after a load.
 
+/// Held while the loader maps a plugin library, and while pages are dropped.
+///
+/// While `dlopen` maps a library, the dynamic loader first maps the whole file read-only, then
+/// maps its segments over parts of that range and writes the relocated data into them. A trim
+/// that read `/proc/self/smaps` before the segments were mapped would see one clean read-only
+/// mapping of the file, and its `madvise(MADV_DONTNEED)` on that range afterwards would throw
+/// away the library's written data (its statics, relocated pointers). Only the loader maps the
+/// files the trim looks at (the private copies), so this lock rules that out.
+pub static MAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Large allocations at least this big always get their own mapping.
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 
@@ -61,6 +71,7 @@ pub fn drop_clean_library_pages(dir: &std::path::Path, with_exe: bool) -> usize 
 fn drop_clean_pages_where(wanted: impl Fn(&str) -> bool) -> usize {
     #[cfg(target_os = "linux")]
     {
+        let _mapping = MAPPING.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
         let mut dropped = 0;
         for (start, end, resident) in clean_read_only_mappings(&smaps, &wanted) {
