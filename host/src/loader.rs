@@ -422,16 +422,29 @@ impl Loader {
     /// Reads a plugin file with the configured permission checks (and its signature, when
     /// signatures are checked). See [`crate::verify::read_plugin_file`].
     pub fn read(&self, path: &Path) -> Result<PluginFile, LoadError> {
+        crate::verify::read_plugin_file(path, &self.read_policy())
+    }
+
+    /// [`Loader::read`] on a blocking thread: reading and hashing a plugin of several MiB takes
+    /// tens of milliseconds that a request thread must not spend.
+    pub async fn read_off_thread(&self, path: &Path) -> Result<PluginFile, LoadError> {
+        let (path, policy) = (path.to_path_buf(), self.read_policy());
+        tokio::task::spawn_blocking(move || crate::verify::read_plugin_file(&path, &policy))
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Read(format!("the reading thread failed: {e}"))))
+    }
+
+    fn read_policy(&self) -> FilePolicy {
         let mut policy = self.settings.files.clone();
         policy.read_signature = self.settings.verifier.wants_signature();
-        crate::verify::read_plugin_file(path, &policy)
+        policy
     }
 
     /// Writes the content-addressed private copy (atomically) from the verified bytes. A copy
     /// already there (an earlier run's) is replaced, not trusted: the bytes mapped must be the
     /// bytes verified, whatever happened to the work directory meanwhile, and writing them again
     /// costs less than reading and hashing the old copy to check it.
-    fn private_copy(&self, file: &PluginFile) -> Result<PathBuf, LoadError> {
+    async fn private_copy(&self, file: &PluginFile) -> Result<PathBuf, LoadError> {
         let dir = &self.settings.work_dir;
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -451,11 +464,16 @@ impl Loader {
             path
         };
         let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), self.copies.fetch_add(1, Ordering::Relaxed)));
-        std::fs::write(&tmp, &file.bytes).and_then(|()| std::fs::rename(&tmp, &target)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            LoadError::PrivateCopy(format!("{}: {e}", target.display()))
-        })?;
-        Ok(target)
+        // On a blocking thread (writing several MiB); the bytes are the verified ones, copied.
+        let bytes = file.bytes.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &target)).map(|()| target.clone()).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                LoadError::PrivateCopy(format!("{}: {e}", target.display()))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(LoadError::PrivateCopy(format!("the copying thread failed: {e}"))))
     }
 
     /// Runs `agent-host check --json` on the private copy in a child process, which also runs
@@ -506,7 +524,7 @@ impl Loader {
         let started = std::time::Instant::now();
         // Before any byte of the file is written anywhere or mapped by any process.
         let signed = self.settings.verifier.verify(file, serving)?;
-        let private = self.private_copy(file)?;
+        let private = self.private_copy(file).await?;
         let copied = started.elapsed();
         let fresh_copy = !private.ends_with(format!("{}.so", file.sha256));
         let init = InitRequest {
@@ -521,10 +539,16 @@ impl Loader {
         let checked = started.elapsed();
         // `open` maps the library: from now on this path must never be mapped again.
         self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(private.clone());
+        // dlopen (reading, mapping and relocating megabytes) on a blocking thread.
         let opened = {
-            // No page trim may run while the dynamic loader maps and relocates this library.
-            let _mapping = crate::memory::MAPPING.lock().unwrap_or_else(|p| p.into_inner());
-            open(&private)
+            let private = private.clone();
+            tokio::task::spawn_blocking(move || {
+                // No page trim may run while the dynamic loader maps and relocates this library.
+                let _mapping = crate::memory::MAPPING.lock().unwrap_or_else(|p| p.into_inner());
+                open(&private)
+            })
+            .await
+            .unwrap_or_else(|e| Err(LoadError::OpenError(format!("the loading thread failed: {e}"))))
         };
         if fresh_copy {
             // The mapping keeps the content; the name is only needed for `dlopen`.
@@ -540,11 +564,18 @@ impl Loader {
             }
         }
         let ctx: &'static LogCtx = Box::leak(Box::new(LogCtx { plugin: descriptor.name.clone(), version: descriptor.version.clone() }));
-        let services = HostServices { ctx: (ctx as *const LogCtx).cast(), log: host_log };
-        match (module.init())(FfiBytes::new(init.encode_to_vec()), services) {
-            abi_stable::std_types::RResult::ROk(()) => {}
-            abi_stable::std_types::RResult::RErr(e) => return Err(LoadError::InitFailed(e.into_string())),
-        }
+        // The plugin's init (its runtime, its clients) on a blocking thread too.
+        let request = init.encode_to_vec();
+        let initialised = tokio::task::spawn_blocking(move || {
+            let services = HostServices { ctx: (ctx as *const LogCtx).cast(), log: host_log };
+            match (module.init())(FfiBytes::new(request), services) {
+                abi_stable::std_types::RResult::ROk(()) => Ok(()),
+                abi_stable::std_types::RResult::RErr(e) => Err(LoadError::InitFailed(e.into_string())),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(LoadError::InitFailed(format!("init panicked across the boundary: {e}"))));
+        initialised?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         crate::memory::release_free_memory();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;

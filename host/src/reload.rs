@@ -438,7 +438,7 @@ impl Reloader {
     }
 
     async fn take(&mut self, host: &Host, path: &Path, fp: Fingerprint) -> Taken {
-        let file: PluginFile = match host.loader.read(path) {
+        let file: PluginFile = match host.loader.read_off_thread(path).await {
             Ok(f) => f,
             Err(LoadError::Read(e)) => {
                 tracing::warn!(file = %path.display(), "cannot read a plugin file: {e}");
