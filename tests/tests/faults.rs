@@ -203,10 +203,12 @@ impl Served {
         tasks.flatten().filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok()).map(|n| n.trim().to_string()).collect()
     }
 
-    /// Threads of the host process now, leaving out the short-lived one of the host's own
-    /// thread census (it runs at each drain deadline).
+    /// Threads of the host process now, leaving out the host's own that come and go: its thread
+    /// census (at each drain deadline) and its runtime's threads, whose blocking pool grows and
+    /// shrinks with the loads it runs (file reads, copies, dlopen and init run there). Plugin
+    /// threads have their own names (`plugin-<name>`, the fixtures' `fx-*`).
     fn threads(&self) -> usize {
-        self.thread_names().iter().filter(|n| *n != "thread-census").count()
+        self.thread_names().iter().filter(|n| *n != "thread-census" && *n != "tokio-rt-worker").count()
     }
 
     /// CPU time the host process has used (user + system), in seconds.
