@@ -12,6 +12,10 @@ use crate::loader::{self, LoadError};
 
 /// Checks `file`; prints the description (or the refusal) and returns the exit code.
 pub fn run(file: &Path, as_json: bool) -> i32 {
+    // Run by the host's loader: at the priority it asks for (its background priority).
+    if let Some(nice) = std::env::var(crate::background::NICE_ENV).ok().and_then(|v| v.parse().ok()) {
+        crate::background::lower_to(nice);
+    }
     let code = check(file, as_json);
     // Leave at once: the plugin's threads may still be winding down, and running thread-local
     // destructors under them could crash a process that has already given its answer.

@@ -88,6 +88,9 @@ pub struct LoaderConfig {
     /// How long a replaced or removed version may take to release its calls and threads
     /// before it is reported as leaked, in ms.
     pub drain_deadline_ms: u64,
+    /// Nice value of the loader's background work (reading, hashing, copying, the check
+    /// process); 0 runs it at the host's own priority.
+    pub background_nice: i32,
 }
 
 /// `[verify]`: what a plugin file must prove before any byte of it is copied, checked or mapped.
@@ -242,6 +245,9 @@ impl Config {
         }
         if self.loader.drain_deadline_ms == 0 {
             return Err(ConfigError("loader.drain_deadline_ms must be positive".into()));
+        }
+        if !(0..=19).contains(&self.loader.background_nice) {
+            return Err(ConfigError("loader.background_nice must be between 0 and 19".into()));
         }
         if !(1..=64).contains(&self.loader.worker_threads) {
             return Err(ConfigError("loader.worker_threads must be between 1 and 64".into()));

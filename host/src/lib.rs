@@ -23,6 +23,7 @@
 //! `shutdown` future completes.
 
 pub mod admin;
+pub mod background;
 pub mod check;
 pub mod config;
 pub mod error;
@@ -130,6 +131,7 @@ impl Host {
             check_timeout: Duration::from_millis(config.loader.check_timeout_ms),
             worker_threads: config.loader.worker_threads,
             no_inline_calls: !config.loader.inline_calls,
+            background_nice: config.loader.background_nice,
             secrets_dir: config.secrets.dir.display().to_string(),
             secrets_env_prefix: config.secrets.env_prefix.clone(),
             max_log_level: max_log_level(&config.log.level),
@@ -205,6 +207,8 @@ impl Host {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             pending.store(false, Ordering::Release);
+            // At full priority, not in the background: the trim holds allocator arena locks,
+            // and reading smaps the address space's lock, that serving threads also take.
             let _ = tokio::task::spawn_blocking(move || {
                 memory::release_free_memory();
                 let dropped = memory::drop_clean_library_pages(&dir, first_scan);

@@ -346,6 +346,8 @@ pub struct LoaderSettings {
     pub worker_threads: u32,
     /// Run every call on its plugin's runtime (config `loader.inline_calls = false`).
     pub no_inline_calls: bool,
+    /// Nice value of reading, copying and checking (config `loader.background_nice`; 0: none).
+    pub background_nice: i32,
     /// Secrets settings handed to plugins.
     pub secrets_dir: String,
     /// Environment secrets prefix.
@@ -373,8 +375,8 @@ pub struct Loader {
 pub struct PluginFile {
     /// The operator's path.
     pub source: PathBuf,
-    /// The content.
-    pub bytes: Vec<u8>,
+    /// The content (shared with the threads that copy and map it, never copied in memory).
+    pub bytes: bytes::Bytes,
     /// Hex sha256 of the content.
     pub sha256: String,
     /// The text of `<file>.minisig`, when signatures are checked and there is one.
@@ -429,9 +431,9 @@ impl Loader {
     /// tens of milliseconds that a request thread must not spend.
     pub async fn read_off_thread(&self, path: &Path) -> Result<PluginFile, LoadError> {
         let (path, policy) = (path.to_path_buf(), self.read_policy());
-        tokio::task::spawn_blocking(move || crate::verify::read_plugin_file(&path, &policy))
+        crate::background::run("plugin-read", self.settings.background_nice, move || crate::verify::read_plugin_file(&path, &policy))
             .await
-            .unwrap_or_else(|e| Err(LoadError::Read(format!("the reading thread failed: {e}"))))
+            .unwrap_or_else(|e| Err(LoadError::Read(e)))
     }
 
     fn read_policy(&self) -> FilePolicy {
@@ -464,16 +466,16 @@ impl Loader {
             path
         };
         let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), self.copies.fetch_add(1, Ordering::Relaxed)));
-        // On a blocking thread (writing several MiB); the bytes are the verified ones, copied.
+        // In the background (writing several MiB); the bytes are the verified ones, shared.
         let bytes = file.bytes.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::background::run("plugin-copy", self.settings.background_nice, move || {
             std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &target)).map(|()| target.clone()).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
                 LoadError::PrivateCopy(format!("{}: {e}", target.display()))
             })
         })
         .await
-        .unwrap_or_else(|e| Err(LoadError::PrivateCopy(format!("the copying thread failed: {e}"))))
+        .unwrap_or_else(|e| Err(LoadError::PrivateCopy(e)))
     }
 
     /// Runs `agent-host check --json` on the private copy in a child process, which also runs
@@ -485,6 +487,11 @@ impl Loader {
         let mut cmd = tokio::process::Command::new(&self.settings.check_exe);
         cmd.arg("check").arg("--json").arg(path).stdin(std::process::Stdio::null()).kill_on_drop(true);
         cmd.env(CHECK_INIT_ENV, crate::verify::hex(&init.encode_to_vec()));
+        // The check competes with serving for the cores: at background priority (the child
+        // lowers its own, so that the spawn itself stays a vfork).
+        if self.settings.background_nice > 0 {
+            cmd.env(crate::background::NICE_ENV, self.settings.background_nice.to_string());
+        }
         let out = tokio::time::timeout(self.settings.check_timeout, cmd.output())
             .await
             .map_err(|_| LoadError::CheckTimeout(self.settings.check_timeout))?
@@ -577,7 +584,8 @@ impl Loader {
         .unwrap_or_else(|e| Err(LoadError::InitFailed(format!("init panicked across the boundary: {e}"))));
         initialised?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::memory::release_free_memory();
+        // Off this runtime thread: the trim walks the allocator's arenas under their locks.
+        tokio::task::spawn_blocking(crate::memory::release_free_memory);
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         tracing::debug!(
             plugin = %descriptor.name,

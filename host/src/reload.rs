@@ -120,8 +120,11 @@ struct Retired {
     /// When to examine it next: the drain deadline, then every drain deadline while leaked.
     next_check: Instant,
     shutdown_returned: Arc<AtomicBool>,
-    /// Its library's code, to tell the threads it started (None: `/proc` unreadable).
-    code: Option<threads::Code>,
+    /// An address in its library's code, to tell the threads it started. The census resolves
+    /// it to the library's mappings when it runs, on its own thread: reading the process's
+    /// mappings costs time in proportion to the libraries mapped, which must not be spent on
+    /// the runtime thread that retires the version.
+    code_address: usize,
     /// Set once it has been reported as leaked.
     leak: Option<Leak>,
 }
@@ -216,7 +219,7 @@ impl Reloader {
             retired_at: SystemTime::now(),
             next_check: Instant::now() + drain_deadline,
             shutdown_returned: old.shutdown_returned(),
-            code: threads::Code::of(old.code_address()),
+            code_address: old.code_address(),
             leak: None,
         });
     }
@@ -238,24 +241,23 @@ impl Reloader {
         let now = Instant::now();
         let every = Duration::from_millis(host.config.loader.drain_deadline_ms);
         let due: Vec<u64> = self.retired.iter().filter(|r| r.next_check <= now).map(|r| r.generation).collect();
-        let mut census: Vec<(u64, threads::Code)> = Vec::new();
+        let mut census: Vec<(u64, usize)> = Vec::new();
         for generation in due {
             let Some(r) = self.retired.iter_mut().find(|r| r.generation == generation) else { continue };
-            match &r.code {
-                Some(code) if r.version.strong_count() == 0 && self.census.is_none() => {
-                    census.push((generation, code.clone()));
-                    // Not due again while the census runs.
-                    r.next_check = now + every;
-                }
-                // A census is running: looked at once it is back.
-                Some(_) if r.version.strong_count() == 0 => {}
-                _ => self.examine(host, generation, None),
+            let released = r.version.strong_count() == 0;
+            if released && self.census.is_none() {
+                census.push((generation, r.code_address));
+                // Not due again while the census runs.
+                r.next_check = now + every;
+            } else if !released {
+                self.examine(host, generation, None);
             }
+            // Otherwise a census is running: looked at once it is back.
         }
         if census.is_empty() {
             return;
         }
-        let (generations, codes): (Vec<u64>, Vec<threads::Code>) = census.into_iter().unzip();
+        let (generations, codes): (Vec<u64>, Vec<usize>) = census.into_iter().unzip();
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Its own thread, which ends with it (a pooled thread would linger, and be counted by
         // anyone watching the process's threads).

@@ -177,7 +177,7 @@ pub fn read_plugin_file(path: &Path, policy: &FilePolicy) -> Result<PluginFile, 
     file.read_to_end(&mut bytes).map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))?;
     let sha256 = hex(&Sha256::digest(&bytes));
     let signature = if policy.read_signature { read_signature(&signature_path(path))? } else { None };
-    Ok(PluginFile { source: path.to_path_buf(), bytes, sha256, signature })
+    Ok(PluginFile { source: path.to_path_buf(), bytes: bytes.into(), sha256, signature })
 }
 
 /// `<file>.minisig`.

@@ -307,6 +307,7 @@ pub fn loader_for(config: &Config, work_dir: &Path) -> agent_host::loader::Loade
         check_timeout: Duration::from_secs(30),
         worker_threads: 1,
         no_inline_calls: !config.loader.inline_calls,
+        background_nice: config.loader.background_nice,
         secrets_dir: "/etc/secrets".into(),
         secrets_env_prefix: "_FSEC_".into(),
         max_log_level: 3,

@@ -15,6 +15,7 @@
 //! | `RELOAD_BASELINE_SECS` | 5 | seconds of the same load before the first swap |
 //! | `RELOAD_LOG_STREAMS` | 3 | GetTaskLogs streams kept open (each reopened after 20 lines) |
 //! | `RELOAD_MAX_P99_RATIO` | unset | when set, p99 during the swaps must be at most this times the baseline's |
+//! | `RELOAD_BACKGROUND_NICE` | config default | `loader.background_nice` (0: loads at the host's priority) |
 //!
 //! The p99 bound is not asserted at the CI size: on a shared 2-core runner the baseline's p99
 //! over a few seconds is too noisy to compare against.
@@ -181,6 +182,9 @@ async fn swaps_under_load_fail_no_call() {
         c.loader.stable_ms = 50;
         c.loader.rescan_interval_ms = 60_000;
         c.loader.max_libraries = c.loader.max_libraries.max(swaps + 16);
+        if let Ok(nice) = std::env::var("RELOAD_BACKGROUND_NICE") {
+            c.loader.background_nice = nice.parse().expect("RELOAD_BACKGROUND_NICE is a number");
+        }
     })
     .await;
     let ch = host.channel().await;

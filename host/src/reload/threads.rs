@@ -31,11 +31,16 @@ pub(crate) struct Code {
 }
 
 impl Code {
+    /// [`Code::in_maps`] on the mappings read now (`None` when `/proc/self/maps` is unreadable).
+    #[cfg(test)]
+    fn of(addr: usize) -> Option<Code> {
+        Code::in_maps(&mappings()?, addr)
+    }
+
     /// The executable mappings of the file mapped at `addr` (an address in the library's
-    /// code, e.g. one of its exported functions). `None` when `/proc/self/maps` is unreadable
-    /// or `addr` is not in a mapped file.
-    pub(crate) fn of(addr: usize) -> Option<Code> {
-        let maps = mappings()?;
+    /// code, e.g. one of its exported functions) among `maps`; `None` when `addr` is not in a
+    /// mapped file.
+    fn in_maps(maps: &[Mapping], addr: usize) -> Option<Code> {
         let hit = maps.iter().find(|m| m.start <= addr && addr < m.end && m.inode != 0)?;
         let ranges: Vec<_> = maps.iter().filter(|m| m.exec && m.dev == hit.dev && m.inode == hit.inode).map(|m| (m.start, m.end)).collect();
         (!ranges.is_empty()).then_some(Code { ranges })
@@ -138,11 +143,14 @@ fn stack_pointer(tid: &str) -> Option<usize> {
     None
 }
 
-/// One pass over the process's threads: for each library in `libraries`, the live threads it
-/// started. Blocks for a few milliseconds at most per thread running in user space; run it
-/// off the async threads. Errors when the census cannot work here at all.
-pub(crate) fn census(libraries: &[Code]) -> Result<Census, String> {
+/// One pass over the process's threads: for each library in `libraries` (given by an address in
+/// its code), the live threads it started. Blocks for a few milliseconds at most per thread
+/// running in user space; run it off the async threads. Errors when the census cannot work here
+/// at all.
+pub(crate) fn census(libraries: &[usize]) -> Result<Census, String> {
     let maps = mappings().ok_or("/proc/self/maps is unreadable")?;
+    // An address in no mapped file (never the case for a loaded library) finds nothing.
+    let libraries: Vec<Code> = libraries.iter().map(|&a| Code::in_maps(&maps, a).unwrap_or_default()).collect();
     let mem = File::open("/proc/self/mem").map_err(|e| format!("/proc/self/mem: {e}"))?;
     let offset = control_block_offset(&maps, &mem)?;
     // SAFETY: gettid and getpid have no preconditions.
@@ -196,7 +204,7 @@ pub(crate) fn census(libraries: &[Code]) -> Result<Census, String> {
 
 /// [`census`], taken twice 50 ms apart when the first pass found threads (a thread that was
 /// just leaving, e.g. a runtime worker at the end of a shutdown, is not counted).
-pub(crate) fn settled_census(libraries: &[Code]) -> Result<Census, String> {
+pub(crate) fn settled_census(libraries: &[usize]) -> Result<Census, String> {
     let first = census(libraries)?;
     if first.started.iter().all(Vec::is_empty) {
         return Ok(first);
@@ -214,16 +222,16 @@ mod tests {
     #[test]
     fn threads_started_by_this_binary_are_found_while_they_run() {
         // This test binary plays the library: its own std starts the thread below.
-        let code = Code::of(in_this_binary as fn() as usize).expect("the test binary's code is mapped");
+        let code = in_this_binary as fn() as usize;
+        assert!(Code::of(code).is_some(), "the test binary's code is mapped");
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::Builder::new().name("census-probe".into()).spawn(move || rx.recv()).unwrap();
         // Found: the census runs on another thread of ours (never the main thread).
-        let found = std::thread::spawn(move || census(&[code, Code::default()])).join().unwrap().expect("the census works here");
+        let found = std::thread::spawn(move || census(&[code, 0])).join().unwrap().expect("the census works here");
         assert!(found.started[0].iter().any(|n| n == "census-probe"), "{found:?}");
         assert!(found.started[1].is_empty(), "an empty library started nothing: {found:?}");
         drop(tx);
         t.join().unwrap().unwrap_err();
-        let code = Code::of(in_this_binary as fn() as usize).unwrap();
         let after = std::thread::spawn(move || census(&[code])).join().unwrap().unwrap();
         assert!(!after.started[0].iter().any(|n| n == "census-probe"), "{after:?}");
     }
