@@ -6,7 +6,8 @@
 //! request that waits for a core while it runs shows up in the tail latency of the reload. Run
 //! at a higher nice value (`loader.background_nice`, 10 by default), the kernel lets a serving
 //! thread that wakes up preempt it, and still gives it a share of a busy core (about a tenth
-//! against a nice-0 thread at 10), so a reload completes under full load, only later.
+//! against a nice-0 thread at 10), so a reload completes under full load, only later. The first
+//! scan, which readiness waits for, runs at the host's own priority (`Loader::serving`).
 //!
 //! Not here, on purpose: the plugin's `init` (the threads it starts would inherit the lower
 //! priority and serve the plugin's calls with it), and work that holds a lock a serving thread

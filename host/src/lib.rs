@@ -189,6 +189,7 @@ impl Host {
             }
             tokio::time::sleep(Duration::from_millis(self.config.loader.stable_ms.clamp(10, 1000) / 2 + 10)).await;
         }
+        self.loader.serving();
         self.settle_memory(true);
     }
 

@@ -346,7 +346,8 @@ pub struct LoaderSettings {
     pub worker_threads: u32,
     /// Run every call on its plugin's runtime (config `loader.inline_calls = false`).
     pub no_inline_calls: bool,
-    /// Nice value of reading, copying and checking (config `loader.background_nice`; 0: none).
+    /// Nice value of reading, copying and checking once the host serves (config
+    /// `loader.background_nice`; 0: none). See [`Loader::serving`].
     pub background_nice: i32,
     /// Secrets settings handed to plugins.
     pub secrets_dir: String,
@@ -368,6 +369,23 @@ pub struct Loader {
     mapped: Mutex<HashSet<PathBuf>>,
     copies: AtomicU64,
     generations: AtomicU64,
+    /// The host serves: loads run at `background_nice` from now on.
+    serving: std::sync::atomic::AtomicBool,
+}
+
+/// A plugin file verified, copied and checked, ready to be mapped ([`Loader::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    /// The private copy that was checked.
+    private: PathBuf,
+    bytes: bytes::Bytes,
+    sha256: String,
+    source: PathBuf,
+    signed: Option<crate::verify::SignedMeta>,
+    init: InitRequest,
+    started: std::time::Instant,
+    copied: Duration,
+    checked: Duration,
 }
 
 /// A plugin file read into memory, with its digest.
@@ -413,7 +431,29 @@ extern "C" fn host_log(ctx: *const c_void, level: u8, target: RStr<'_>, message:
 impl Loader {
     /// A loader with these settings.
     pub fn new(settings: LoaderSettings) -> Loader {
-        Loader { settings, mapped: Mutex::new(HashSet::new()), copies: AtomicU64::new(0), generations: AtomicU64::new(0) }
+        Loader {
+            settings,
+            mapped: Mutex::new(HashSet::new()),
+            copies: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
+            serving: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// From now on, reading, copying and checking run at `background_nice`: the host serves,
+    /// and serving comes first. Until then (the first scan, which readiness waits for) they
+    /// run at the host's own priority: nothing is being served that they could slow down, and
+    /// start-up must not wait behind whatever else runs on the machine.
+    pub fn serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    fn nice(&self) -> i32 {
+        if self.serving.load(Ordering::Relaxed) {
+            self.settings.background_nice
+        } else {
+            0
+        }
     }
 
     /// Number of libraries mapped so far (they are never unmapped).
@@ -431,7 +471,7 @@ impl Loader {
     /// tens of milliseconds that a request thread must not spend.
     pub async fn read_off_thread(&self, path: &Path) -> Result<PluginFile, LoadError> {
         let (path, policy) = (path.to_path_buf(), self.read_policy());
-        crate::background::run("plugin-read", self.settings.background_nice, move || crate::verify::read_plugin_file(&path, &policy))
+        crate::background::run("plugin-read", self.nice(), move || crate::verify::read_plugin_file(&path, &policy))
             .await
             .unwrap_or_else(|e| Err(LoadError::Read(e)))
     }
@@ -446,7 +486,7 @@ impl Loader {
     /// already there (an earlier run's) is replaced, not trusted: the bytes mapped must be the
     /// bytes verified, whatever happened to the work directory meanwhile, and writing them again
     /// costs less than reading and hashing the old copy to check it.
-    async fn private_copy(&self, file: &PluginFile) -> Result<PathBuf, LoadError> {
+    async fn private_copy(&self, bytes: &bytes::Bytes, sha256: &str) -> Result<PathBuf, LoadError> {
         let dir = &self.settings.work_dir;
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -456,19 +496,19 @@ impl Loader {
                 .create(dir)
                 .map_err(|e| LoadError::PrivateCopy(format!("{}: {e}", dir.display())))?;
         }
-        let path = dir.join(format!("{}.so", file.sha256));
+        let path = dir.join(format!("{sha256}.so"));
         let mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner()).contains(&path);
         let target = if mapped {
             // This content was mapped before: map a fresh file so the new load gets fresh statics.
             let n = self.copies.fetch_add(1, Ordering::Relaxed);
-            dir.join(format!("{}-{}-{n}.so", file.sha256, std::process::id()))
+            dir.join(format!("{sha256}-{}-{n}.so", std::process::id()))
         } else {
             path
         };
         let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), self.copies.fetch_add(1, Ordering::Relaxed)));
         // In the background (writing several MiB); the bytes are the verified ones, shared.
-        let bytes = file.bytes.clone();
-        crate::background::run("plugin-copy", self.settings.background_nice, move || {
+        let bytes = bytes.clone();
+        crate::background::run("plugin-copy", self.nice(), move || {
             std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &target)).map(|()| target.clone()).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
                 LoadError::PrivateCopy(format!("{}: {e}", target.display()))
@@ -489,8 +529,9 @@ impl Loader {
         cmd.env(CHECK_INIT_ENV, crate::verify::hex(&init.encode_to_vec()));
         // The check competes with serving for the cores: at background priority (the child
         // lowers its own, so that the spawn itself stays a vfork).
-        if self.settings.background_nice > 0 {
-            cmd.env(crate::background::NICE_ENV, self.settings.background_nice.to_string());
+        let nice = self.nice();
+        if nice > 0 {
+            cmd.env(crate::background::NICE_ENV, nice.to_string());
         }
         let out = tokio::time::timeout(self.settings.check_timeout, cmd.output())
             .await
@@ -528,12 +569,17 @@ impl Loader {
         config_json: String,
         serving: &[(String, String)],
     ) -> Result<Arc<PluginVersion>, LoadError> {
+        let prepared = self.prepare(file, config_json, serving).await?;
+        self.finish(prepared).await
+    }
+
+    /// The part of a load that maps nothing in this process: verification, the private copy
+    /// and the child check. Several files can be prepared at once (the reloader does, for the
+    /// files of one scan); [`Loader::finish`] then maps them one at a time.
+    pub async fn prepare(&self, file: &PluginFile, config_json: String, serving: &[(String, String)]) -> Result<Prepared, LoadError> {
         let started = std::time::Instant::now();
         // Before any byte of the file is written anywhere or mapped by any process.
         let signed = self.settings.verifier.verify(file, serving)?;
-        let private = self.private_copy(file).await?;
-        let copied = started.elapsed();
-        let fresh_copy = !private.ends_with(format!("{}.so", file.sha256));
         let init = InitRequest {
             config_json,
             secrets_dir: self.settings.secrets_dir.clone(),
@@ -542,10 +588,40 @@ impl Loader {
             max_log_level: self.settings.max_log_level,
             no_inline_calls: self.settings.no_inline_calls,
         };
-        self.check_in_child(&private, &init).await?;
-        let checked = started.elapsed();
-        // `open` maps the library: from now on this path must never be mapped again.
-        self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(private.clone());
+        let mut prepared = Prepared {
+            private: PathBuf::new(),
+            bytes: file.bytes.clone(),
+            sha256: file.sha256.clone(),
+            source: file.source.clone(),
+            signed,
+            init,
+            started,
+            copied: Duration::ZERO,
+            checked: Duration::ZERO,
+        };
+        self.copy_and_check(&mut prepared).await?;
+        Ok(prepared)
+    }
+
+    async fn copy_and_check(&self, p: &mut Prepared) -> Result<(), LoadError> {
+        p.private = self.private_copy(&p.bytes, &p.sha256).await?;
+        p.copied = p.started.elapsed();
+        self.check_in_child(&p.private, &p.init).await?;
+        p.checked = p.started.elapsed();
+        Ok(())
+    }
+
+    /// Maps a prepared file in this process and runs the plugin's `init`.
+    pub async fn finish(&self, mut prepared: Prepared) -> Result<Arc<PluginVersion>, LoadError> {
+        // `open` maps the library: from now on this path must never be mapped again. Mapped
+        // already (two files of the same content prepared together): copy and check afresh,
+        // since glibc would hand back the library already loaded, statics and all.
+        if !self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(prepared.private.clone()) {
+            self.copy_and_check(&mut prepared).await?;
+            self.mapped.lock().unwrap_or_else(|p| p.into_inner()).insert(prepared.private.clone());
+        }
+        let Prepared { private, sha256, source, signed, init, started, copied, checked, .. } = prepared;
+        let fresh_copy = !private.ends_with(format!("{sha256}.so"));
         // dlopen (reading, mapping and relocating megabytes) on a blocking thread.
         let opened = {
             let private = private.clone();
@@ -594,6 +670,6 @@ impl Loader {
             load_and_init_ms = ms(started.elapsed() - checked),
             "load timings"
         );
-        Ok(Arc::new(PluginVersion::new(module, descriptor, file.source.clone(), file.sha256.clone(), SystemTime::now(), generation)))
+        Ok(Arc::new(PluginVersion::new(module, descriptor, source, sha256, SystemTime::now(), generation)))
     }
 }

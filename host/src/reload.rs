@@ -41,12 +41,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use futures_util::StreamExt;
 use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::{
     config::WatchMode,
-    loader::{LoadError, PluginFile},
+    loader::{LoadError, PluginFile, Prepared},
     plugin::PluginVersion,
     scan::{self, FileStatus},
     Host,
@@ -404,6 +405,8 @@ impl Reloader {
             }
         }
 
+        // The files to take now, in file order.
+        let mut to_take = Vec::new();
         for path in files {
             let Ok(fp) = Fingerprint::of(&path) else { continue };
             let tracked = self.files.entry(path.clone()).or_default();
@@ -426,7 +429,51 @@ impl Reloader {
                 report.pending.push(path);
                 continue;
             }
-            match self.take(host, &path, fp).await {
+            to_take.push((path, fp));
+        }
+
+        // Reading, hashing, copying and checking take tens of milliseconds per file, most of it
+        // on other threads and in a child process: up to one file per core goes through them
+        // at once (what matters at start-up, with a directory full of plugins). The results
+        // are taken in file order, one at a time, and only this part maps anything.
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let plans: Vec<Plan> = to_take
+            .into_iter()
+            .map(|(path, fp)| {
+                let serving_sha = host.service.registry.snapshot().plugins.iter().find(|p| p.source == path).map(|p| p.sha256.clone());
+                let refused = self.files.get(&path).and_then(|t| t.refused.clone());
+                Plan { path, fp, serving_sha, refused }
+            })
+            .collect();
+        let mut fetched = futures_util::stream::iter(plans.into_iter().map(|plan| fetch(host, plan))).buffered(parallel);
+        // The next file's outcome, fetched while the one before it was being taken.
+        let (mut next, mut exhausted) = (None, false);
+        loop {
+            let f = match next.take() {
+                Some(f) => f,
+                None if exhausted => break,
+                None => match fetched.next().await {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            let path = f.path.clone();
+            // Taking a file maps it and runs its init: meanwhile the next files keep going.
+            let taken = {
+                let take = self.take(host, f);
+                tokio::pin!(take);
+                loop {
+                    tokio::select! {
+                        biased;
+                        taken = &mut take => break taken,
+                        n = fetched.next(), if next.is_none() && !exhausted => match n {
+                            Some(n) => next = Some(n),
+                            None => exhausted = true,
+                        },
+                    }
+                }
+            };
+            match taken {
                 Taken::Loaded => report.loaded.push(path),
                 Taken::Refused => report.refused.push(path),
                 Taken::Unchanged => {}
@@ -439,8 +486,12 @@ impl Reloader {
         report
     }
 
-    async fn take(&mut self, host: &Host, path: &Path, fp: Fingerprint) -> Taken {
-        let file: PluginFile = match host.loader.read_off_thread(path).await {
+    /// Takes the outcome of [`fetch`] for one file: records it, and maps the file if it was
+    /// prepared.
+    async fn take(&mut self, host: &Host, fetched: Fetched) -> Taken {
+        let Fetched { path, fp, read, moved, prepared } = fetched;
+        let path = path.as_path();
+        let file: PluginFile = match read {
             Ok(f) => f,
             Err(LoadError::Read(e)) => {
                 tracing::warn!(file = %path.display(), "cannot read a plugin file: {e}");
@@ -462,7 +513,7 @@ impl Reloader {
         };
         // The content read must be the content fingerprinted: a file still being written is
         // left for a later pass.
-        if Fingerprint::of(path).ok() != Some(fp) || file.bytes.len() as u64 != fp.size {
+        if moved {
             if let Some(t) = self.files.get_mut(path) {
                 t.pending = None;
             }
@@ -480,7 +531,11 @@ impl Reloader {
         if tracked.refused.as_deref() == Some(key.as_str()) {
             return Taken::Unchanged;
         }
-        match self.load(host, &file, serving.as_ref()).await {
+        let Some(prepared) = prepared else {
+            // fetch decides the same way; not reached.
+            return Taken::Unchanged;
+        };
+        match self.load(host, &file, serving.as_ref(), prepared).await {
             Ok(()) => {
                 if let Some(old) = serving {
                     self.retire(&old, Duration::from_millis(host.config.loader.drain_deadline_ms));
@@ -502,24 +557,26 @@ impl Reloader {
         }
     }
 
-    /// Loads `file` beside `serving`; `Err(transient)` on a refusal.
-    async fn load(&mut self, host: &Host, file: &PluginFile, serving: Option<&Arc<PluginVersion>>) -> Result<(), bool> {
+    /// Loads `file`, `prepared` by [`fetch`], beside `serving`; `Err(transient)` on a refusal.
+    async fn load(
+        &mut self,
+        host: &Host,
+        file: &PluginFile,
+        serving: Option<&Arc<PluginVersion>>,
+        prepared: Result<Prepared, LoadError>,
+    ) -> Result<(), bool> {
         let path = &file.source;
-        let max = host.config.loader.max_libraries;
-        let result = if host.loader.mapped_libraries() >= max {
-            Err(LoadError::Limit(format!(
-                "{max} plugin libraries are mapped already (loader.max_libraries); a rolling restart releases them"
-            )))
-        } else {
-            async {
-                let versions: Vec<(String, String)> =
-                    host.service.registry.snapshot().plugins.iter().map(|p| (p.name().to_string(), p.version().to_string())).collect();
-                let plugin = host.loader.load_checked(file, host.config.plugin_config_json(&scan::config_name(path)), &versions).await?;
-                let snapshot = host.service.registry.snapshot().with_plugin(plugin.clone()).map_err(LoadError::Conflict)?;
-                host.service.registry.store(snapshot);
-                Ok::<_, LoadError>(plugin)
+        let result = match prepared.and_then(|p| within_limit(host).map(|()| p)) {
+            Err(e) => Err(e),
+            Ok(prepared) => {
+                async {
+                    let plugin = host.loader.finish(prepared).await?;
+                    let snapshot = host.service.registry.snapshot().with_plugin(plugin.clone()).map_err(LoadError::Conflict)?;
+                    host.service.registry.store(snapshot);
+                    Ok::<_, LoadError>(plugin)
+                }
+                .await
             }
-            .await
         };
         let mut statuses = host.statuses.lock().unwrap_or_else(|p| p.into_inner());
         match result {
@@ -544,6 +601,62 @@ impl Reloader {
             }
         }
     }
+}
+
+/// What [`Reloader::rescan`] knows of a file before taking it.
+struct Plan {
+    path: PathBuf,
+    fp: Fingerprint,
+    /// sha256 of the version serving from this path.
+    serving_sha: Option<String>,
+    /// The refusal key of the content last refused at this path.
+    refused: Option<String>,
+}
+
+/// The part of taking a file that can run for several files at once.
+struct Fetched {
+    path: PathBuf,
+    fp: Fingerprint,
+    read: Result<PluginFile, LoadError>,
+    /// The file changed while it was read.
+    moved: bool,
+    /// The file verified, copied and checked, when it is new content to load.
+    prepared: Option<Result<Prepared, LoadError>>,
+}
+
+/// Reads `plan`'s file and, if it is content to load (not the serving one, not refused
+/// before), prepares it ([`crate::loader::Loader::prepare`]).
+async fn fetch(host: &Host, plan: Plan) -> Fetched {
+    let Plan { path, fp, serving_sha, refused } = plan;
+    let read = host.loader.read_off_thread(&path).await;
+    let mut fetched = Fetched { path, fp, read, moved: false, prepared: None };
+    let Ok(file) = &fetched.read else { return fetched };
+    fetched.moved = Fingerprint::of(&fetched.path).ok() != Some(fp) || file.bytes.len() as u64 != fp.size;
+    if fetched.moved || serving_sha.as_deref() == Some(file.sha256.as_str()) || refused.as_deref() == Some(refusal_key(file).as_str()) {
+        return fetched;
+    }
+    let prepared = match within_limit(host) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let versions: Vec<(String, String)> =
+                host.service.registry.snapshot().plugins.iter().map(|p| (p.name().to_string(), p.version().to_string())).collect();
+            let config = host.config.plugin_config_json(&scan::config_name(&fetched.path));
+            host.loader.prepare(file, config, &versions).await
+        }
+    };
+    fetched.prepared = Some(prepared);
+    fetched
+}
+
+/// Refuses a load at `loader.max_libraries`.
+fn within_limit(host: &Host) -> Result<(), LoadError> {
+    let max = host.config.loader.max_libraries;
+    if host.loader.mapped_libraries() >= max {
+        return Err(LoadError::Limit(format!(
+            "{max} plugin libraries are mapped already (loader.max_libraries); a rolling restart releases them"
+        )));
+    }
+    Ok(())
 }
 
 /// What a leaked version still holds, in words.

@@ -149,5 +149,8 @@ async fn a_second_plugin_claiming_a_served_task_type_is_a_conflict() {
     assert_eq!(b.error_reason, Some("conflict"));
     assert!(b.error.as_deref().unwrap().contains("already served by plugin echo"), "{:?}", b.error);
     assert_eq!(statuses.get(&host.plugin_dir.join("a-echo.so")).unwrap().state, "serving");
+    // The two files were prepared together, with one private copy of their one content: the
+    // second was copied afresh before it was mapped, never handed the library already loaded.
+    assert_eq!(host.host.loader.mapped_libraries(), 2);
     host.stop().await;
 }
