@@ -322,13 +322,13 @@ pub fn init_for_check(module: PluginModRef, name: &str, version: &str) -> Result
         return Err(LoadError::InitFailed(e.into_string()));
     }
     let shutdown = module.shutdown();
-    let done = std::thread::spawn(move || {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
         let _ = std::panic::catch_unwind(|| shutdown());
+        let _ = done.send(());
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while !done.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // Woken the moment it returns (a panic drops the sender, which wakes it too).
+    let _ = finished.recv_timeout(Duration::from_secs(2));
     Ok(())
 }
 
