@@ -242,6 +242,9 @@ def call(channel, kind, body, parts=None, timeout=30):
     return channel.unary_unary(PATHS[kind])(body, timeout=timeout)
 
 
+POLL = 0.005
+
+
 def first_answer(server, want_agents, timeout=60):
     """Seconds from the server's start to the first ListAgents answer listing `want_agents` agents."""
     deadline = time.monotonic() + timeout
@@ -261,7 +264,7 @@ def first_answer(server, want_agents, timeout=60):
                     return time.monotonic() - server.started, [a.name for a in agents]
             except grpc.RpcError:
                 pass
-            time.sleep(0.005)  # a 1 ms loop takes a good part of a core from the host it measures
+            time.sleep(POLL)  # a 1 ms loop takes a good part of a core from the host it measures
     finally:
         ch.close()
     raise RuntimeError("%s: no ListAgents answer with %d agents" % (server.name, want_agents))
