@@ -673,3 +673,19 @@ impl Loader {
         Ok(Arc::new(PluginVersion::new(module, descriptor, source, sha256, SystemTime::now(), generation)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_run_at_the_host_priority_until_it_serves_then_at_background_nice() {
+        let loader = Loader::new(LoaderSettings { background_nice: 10, ..LoaderSettings::default() });
+        assert_eq!(loader.nice(), 0, "the first scan, which readiness waits for, is not lowered");
+        loader.serving();
+        assert_eq!(loader.nice(), 10);
+        let off = Loader::new(LoaderSettings { background_nice: 0, ..LoaderSettings::default() });
+        off.serving();
+        assert_eq!(off.nice(), 0, "background_nice = 0 never lowers");
+    }
+}
