@@ -149,6 +149,8 @@ fn load_echo(rt: &tokio::runtime::Runtime, path: &std::path::Path) -> (Arc<Host>
     let host = Host::new(config, PathBuf::from(env!("CARGO_BIN_EXE_agent-host")));
     rt.block_on(host.first_scan(&mut Reloader::default()));
     let plugin = host.service.registry.snapshot().plugins.first().cloned().expect("the echo plugin loads");
+    // The library stays mapped after its files are gone; nothing rescans the directory.
+    let _ = std::fs::remove_dir_all(&dir);
     (host, plugin)
 }
 

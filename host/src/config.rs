@@ -299,6 +299,7 @@ mod tests {
         assert_eq!((c.server.port, c.server.metrics_port), (1234, 4321));
         assert_eq!(c.plugin_config_json("echo"), r#"{"greeting":"hi"}"#);
         assert_eq!(c.plugin_config_json("other"), "{}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
