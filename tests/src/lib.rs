@@ -240,26 +240,35 @@ pub struct HostProcess {
     _dir: tempfile::TempDir,
 }
 
+/// The files of a host started as a process: a temporary directory holding a plugin directory
+/// with `plugins` copied in, and a loopback `config.toml` (ports chosen by the system) with
+/// `server` under `[server]`, `loader` under `[loader]`, then `rest`. Returns the directory (the
+/// files live as long as it does), the plugin directory and the configuration file.
+pub fn host_files(plugins: &[(&str, PathBuf)], server: &str, loader: &str, rest: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    for (name, source) in plugins {
+        std::fs::copy(source, plugin_dir.join(name)).unwrap();
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhost = \"127.0.0.1\"\nport = 0\nmetrics_port = 0\n{server}\n[loader]\nplugin_dir = {:?}\nwork_dir = {:?}\n{loader}\n{rest}",
+            plugin_dir,
+            dir.path().join("work")
+        ),
+    )
+    .unwrap();
+    (dir, plugin_dir, config)
+}
+
 impl HostProcess {
     /// Starts `agent-host serve` with `extra_config` (TOML appended to a loopback config) and
     /// these plugins, and waits until it serves.
     pub async fn start(plugins: &[(&str, PathBuf)], extra_config: &str) -> HostProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let plugin_dir = dir.path().join("plugins");
-        std::fs::create_dir_all(&plugin_dir).unwrap();
-        for (name, source) in plugins {
-            std::fs::copy(source, plugin_dir.join(name)).unwrap();
-        }
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nhost = \"127.0.0.1\"\nport = 0\nmetrics_port = 0\n{extra_config}\n[loader]\nplugin_dir = {:?}\nwork_dir = {:?}\n",
-                plugin_dir,
-                dir.path().join("work")
-            ),
-        )
-        .unwrap();
+        let (dir, plugin_dir, config) = host_files(plugins, extra_config, "", "");
         let (child, addr, admin_addr) = spawn_serve(&config, std::process::Stdio::inherit()).await;
         let me = HostProcess { child, addr, admin_addr, plugin_dir, _dir: dir };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -15,7 +15,7 @@ use std::{
 };
 
 use agent_host::config::Config;
-use agent_host_tests::{execute_sync, fixture, host_exe, metric, publish, unary, wait_refused, TestHost};
+use agent_host_tests::{execute_sync, fixture, host_exe, host_files, metric, publish, unary, wait_refused, TestHost};
 use agent_proto::flyteidl::{admin, core};
 use tonic::{transport::Channel, Code};
 
@@ -109,22 +109,7 @@ impl Served {
     /// Serves `plugins` with these `[server]` and `[loader]` keys, and waits until it is
     /// SERVING; `Err` (with its log) when it exits first.
     async fn start(plugins: &[(&str, PathBuf)], server: &str, loader: &str, wrapper: &[&str]) -> Result<Served, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let plugin_dir = dir.path().join("plugins");
-        std::fs::create_dir_all(&plugin_dir).unwrap();
-        for (name, source) in plugins {
-            std::fs::copy(source, plugin_dir.join(name)).unwrap();
-        }
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nhost = \"127.0.0.1\"\nport = 0\nmetrics_port = 0\n{server}\n[loader]\nplugin_dir = {:?}\nwork_dir = {:?}\n{loader}\n[log]\nformat = \"json\"\n",
-                plugin_dir,
-                dir.path().join("work")
-            ),
-        )
-        .unwrap();
+        let (dir, plugin_dir, config) = host_files(plugins, server, loader, "[log]\nformat = \"json\"\n");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = std::process::Command::new(program);
