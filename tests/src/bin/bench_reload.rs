@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_host_tests::unary;
+use agent_host_tests::{host_files, unary};
 use agent_proto::flyteidl::{admin, core};
 use tonic::transport::Channel;
 
@@ -30,20 +30,8 @@ impl Drop for Host {
 }
 
 fn start(exe: &Path, v1: &Path, stable_ms: u64) -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let plugin_dir = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    std::fs::copy(v1, plugin_dir.join("echo.so")).unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhost = \"127.0.0.1\"\nport = 0\nmetrics_port = 0\n[loader]\nplugin_dir = {:?}\nwork_dir = {:?}\nstable_ms = {stable_ms}\nmax_libraries = 100000\n[log]\nlevel = \"warn\"\n",
-            plugin_dir,
-            dir.path().join("work")
-        ),
-    )
-    .unwrap();
+    let loader = format!("stable_ms = {stable_ms}\nmax_libraries = 100000");
+    let (dir, plugin_dir, config) = host_files(&[("echo.so", v1.to_path_buf())], "", &loader, "[log]\nlevel = \"warn\"\n");
     let mut child =
         Command::new(exe).arg("serve").arg("--config").arg(&config).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let mut line = String::new();
