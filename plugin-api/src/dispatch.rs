@@ -40,40 +40,28 @@ fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, AgentErro
     M::decode(bytes).map_err(|e| AgentError::invalid(format!("{what} does not decode: {e}")))
 }
 
-/// Reads a CreateTask request of either protocol.
+/// Reads a CreateTask (either protocol) or ExecuteTaskSync request: only its framing; each
+/// part stays encoded until the agent reads it (see [`TaskRequest`]).
 fn task_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Context, TaskRequest), AgentError> {
+    use crate::task::InputsWire;
     match method {
-        method::V1_CREATE => {
-            let r: wire::CreateV1 = decode(request, "CreateTaskRequest")?;
-            let task = TaskRequest {
-                template: r.template.unwrap_or_default(),
-                inputs: r.inputs.map(Literals::from).unwrap_or_default(),
-                output_prefix: r.output_prefix,
-                metadata: r.task_execution_metadata.unwrap_or_default(),
+        method::V1_CREATE | method::V2_CREATE => {
+            let r: wire::CreateParts = decode(request, "CreateTaskRequest")?;
+            let (protocol, inputs_wire) = match method {
+                method::V1_CREATE => (Protocol::V1, InputsWire::Map),
+                _ => (Protocol::V2, InputsWire::List),
             };
-            Ok((Context::new(shared.clone(), Protocol::V1), task))
-        }
-        method::V2_CREATE => {
-            let r: wire::CreateV2 = decode(request, "CreateTaskRequest")?;
-            let inputs =
-                r.inputs.map(|i| i.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect()).unwrap_or_default();
-            let task = TaskRequest {
-                template: r.template.unwrap_or_default(),
-                inputs,
-                output_prefix: r.output_prefix,
-                metadata: r.task_execution_metadata.unwrap_or_default(),
-            };
-            Ok((with_connection(Context::new(shared.clone(), Protocol::V2), r.connection), task))
+            let task = TaskRequest::received(r.template, r.inputs, inputs_wire, r.output_prefix, r.task_execution_metadata);
+            let ctx = Context::new(shared.clone(), protocol);
+            // Flyte 1 has no field 5; a v1 request that carries one anyway is not read for it.
+            let ctx = if protocol == Protocol::V2 { with_connection(ctx, r.connection) } else { ctx };
+            Ok((ctx, task))
         }
         method::V1_EXECUTE => {
-            let r: wire::Execute = decode(request, "ExecuteTaskSync request")?;
-            let header = r.header.unwrap_or_default();
-            let task = TaskRequest {
-                template: header.template.unwrap_or_default(),
-                inputs: r.inputs.map(Literals::from).unwrap_or_default(),
-                output_prefix: header.output_prefix,
-                metadata: header.task_execution_metadata.unwrap_or_default(),
-            };
+            let r: wire::ExecuteParts = decode(request, "ExecuteTaskSync request")?;
+            let header: wire::HeaderParts = decode(r.header, "ExecuteTaskSync header")?;
+            let task =
+                TaskRequest::received(header.template, r.inputs, InputsWire::Map, header.output_prefix, header.task_execution_metadata);
             Ok((Context::new(shared.clone(), Protocol::V1), task))
         }
         other => Err(AgentError::invalid(format!("method {other} is not a task creation"))),

@@ -53,6 +53,7 @@
 
 mod agent;
 mod context;
+mod custom;
 mod dispatch;
 mod error;
 mod export;

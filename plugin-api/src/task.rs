@@ -1,7 +1,9 @@
 //! What an agent receives (a task to run) and what it answers (a resource).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::OnceLock};
 
+use bytes::Bytes;
+use prost::Message;
 use serde::de::DeserializeOwned;
 
 use crate::flyte::{
@@ -126,35 +128,212 @@ impl FromIterator<(String, Literal)> for Literals {
     }
 }
 
+/// How a request's inputs are encoded: Flyte 1 sends a `LiteralMap`, Flyte 2 a list of named
+/// literals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum InputsWire {
+    /// `flyteidl.core.LiteralMap`.
+    #[default]
+    Map,
+    /// `flyteidl2.task.Inputs` (`repeated NamedLiteral literals = 1`).
+    List,
+}
+
+/// One part of a request (the template, the inputs, the execution metadata): the bytes as
+/// they came, decoded the first time the agent reads the part. A part built in Rust (tests,
+/// builders) is held decoded from the start.
+#[derive(Clone, Default)]
+struct Part<T> {
+    raw: Bytes,
+    decoded: OnceLock<Result<T, String>>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Part<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.decoded.get() {
+            Some(Ok(v)) => v.fmt(f),
+            Some(Err(e)) => write!(f, "<does not decode: {e}>"),
+            None => write!(f, "<{} bytes, not read yet>", self.raw.len()),
+        }
+    }
+}
+
+impl<T: Default> Part<T> {
+    fn received(raw: Bytes) -> Self {
+        Self { raw, decoded: OnceLock::new() }
+    }
+
+    fn get(&self, what: &str, decode: impl FnOnce(Bytes) -> Result<T, prost::DecodeError>) -> Result<&T, AgentError> {
+        self.decoded
+            .get_or_init(|| decode(self.raw.clone()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| AgentError::invalid(format!("the task's {what} does not decode: {e}")))
+    }
+
+    /// For the builders: the decoded value to change (an undecodable part starts over empty).
+    fn make_mut(&mut self, decode: impl FnOnce(Bytes) -> Result<T, prost::DecodeError>) -> &mut T {
+        if self.decoded.get().is_none_or(|r| r.is_err()) {
+            let value = decode(std::mem::take(&mut self.raw)).unwrap_or_default();
+            self.decoded = OnceLock::from(Ok(value));
+        }
+        self.raw = Bytes::new();
+        match self.decoded.get_mut() {
+            Some(Ok(v)) => v,
+            _ => unreachable!("set just above"),
+        }
+    }
+
+    fn into_inner(self, what: &str, decode: impl FnOnce(Bytes) -> Result<T, prost::DecodeError>) -> Result<T, AgentError> {
+        let result = match self.decoded.into_inner() {
+            Some(r) => r,
+            None => decode(self.raw).map_err(|e| e.to_string()),
+        };
+        result.map_err(|e| AgentError::invalid(format!("the task's {what} does not decode: {e}")))
+    }
+}
+
+fn decode_template(raw: Bytes) -> Result<TaskTemplate, prost::DecodeError> {
+    TaskTemplate::decode(raw)
+}
+
+fn decode_metadata(raw: Bytes) -> Result<TaskExecutionMetadata, prost::DecodeError> {
+    TaskExecutionMetadata::decode(raw)
+}
+
+fn inputs_decoder(wire: InputsWire) -> impl FnOnce(Bytes) -> Result<Literals, prost::DecodeError> {
+    move |raw| match wire {
+        InputsWire::Map => LiteralMap::decode(raw).map(Literals::from),
+        InputsWire::List => crate::wire::NamedLiterals::decode(raw)
+            .map(|list| list.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect()),
+    }
+}
+
+/// The template's task type, read without decoding the rest of the template.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TemplateType {
+    #[prost(string, tag = "2")]
+    r#type: String,
+}
+
+/// The template's `custom`, read without decoding the rest of the template.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TemplateCustom {
+    #[prost(bytes = "bytes", tag = "5")]
+    custom: Bytes,
+}
+
 /// A task to run: what FlytePropeller (CreateTask, ExecuteTaskSync) or the Flyte 2 executor
 /// (CreateTask) sends, the same for both protocols.
+///
+/// The SDK hands the agent the request as it came and decodes each part (the template, the
+/// inputs, the execution metadata) the first time the agent reads it, so a part the agent never
+/// reads costs nothing: a CreateTask is mostly template and metadata that few agents look at.
+/// A part that does not decode is an `InvalidInput` error from its accessor (the call fails
+/// with `INVALID_ARGUMENT`); pass it on with `?`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskRequest {
-    /// The task template: `task_type()`, `custom` (the agent's configuration), the interface.
-    pub template: TaskTemplate,
-    /// Input values by name.
-    pub inputs: Literals,
-    /// Where this attempt's outputs belong (`<output_prefix>/outputs.pb` when not inline).
-    pub output_prefix: String,
-    /// Execution metadata: the task execution id, namespace, labels, service account…
-    pub metadata: TaskExecutionMetadata,
+    template: Part<TaskTemplate>,
+    inputs: Part<Literals>,
+    inputs_wire: InputsWire,
+    output_prefix: String,
+    metadata: Part<TaskExecutionMetadata>,
+    /// The task type read from the raw template, when the template itself was not decoded.
+    task_type: OnceLock<String>,
 }
 
 impl TaskRequest {
     /// A request for `task_type`, with empty template otherwise (handy in tests).
     pub fn new(task_type: impl Into<String>) -> Self {
-        Self { template: TaskTemplate { r#type: task_type.into(), ..Default::default() }, ..Default::default() }
+        let mut task = Self::default();
+        task.template_mut().r#type = task_type.into();
+        task
     }
 
-    /// The template's task type.
+    /// A request from the parts of a received message, each still encoded.
+    pub(crate) fn received(template: Bytes, inputs: Bytes, inputs_wire: InputsWire, output_prefix: String, metadata: Bytes) -> Self {
+        Self {
+            template: Part::received(template),
+            inputs: Part::received(inputs),
+            inputs_wire,
+            output_prefix,
+            metadata: Part::received(metadata),
+            task_type: OnceLock::new(),
+        }
+    }
+
+    /// The template's task type (read without decoding the rest of the template).
     pub fn task_type(&self) -> &str {
-        &self.template.r#type
+        match self.template.decoded.get() {
+            Some(Ok(t)) => &t.r#type,
+            _ => self.task_type.get_or_init(|| TemplateType::decode(self.template.raw.clone()).map(|t| t.r#type).unwrap_or_default()),
+        }
+    }
+
+    /// The task template: the task type, `custom` (the agent's configuration; read it with
+    /// [`TaskRequest::custom`]), the interface, `config`, the security context.
+    pub fn template(&self) -> Result<&TaskTemplate, AgentError> {
+        self.template.get("template", decode_template)
+    }
+
+    /// The template, to change (tests and builders; a template that does not decode starts
+    /// over empty).
+    pub fn template_mut(&mut self) -> &mut TaskTemplate {
+        self.task_type = OnceLock::new();
+        self.template.make_mut(decode_template)
+    }
+
+    /// The inputs by name.
+    pub fn inputs(&self) -> Result<&Literals, AgentError> {
+        self.inputs.get("inputs", inputs_decoder(self.inputs_wire))
+    }
+
+    /// The inputs, to change (tests and builders).
+    pub fn inputs_mut(&mut self) -> &mut Literals {
+        self.inputs.make_mut(inputs_decoder(self.inputs_wire))
+    }
+
+    /// The inputs, taken (e.g. to answer them as outputs).
+    pub fn into_inputs(self) -> Result<Literals, AgentError> {
+        self.inputs.into_inner("inputs", inputs_decoder(self.inputs_wire))
+    }
+
+    /// Each input's literal as it was encoded on the wire (a protobuf `flyteidl.core.Literal`),
+    /// by name, in order, without decoding it: for agents that store or forward inputs as
+    /// they are. (Decoded inputs, as after [`TaskRequest::inputs_mut`], are encoded here.)
+    pub fn encoded_inputs(&self) -> Result<Vec<(String, Bytes)>, AgentError> {
+        let undecodable = |e: String| AgentError::invalid(format!("the task's inputs do not decode: {e}"));
+        match self.inputs.decoded.get() {
+            Some(Ok(literals)) => Ok(literals.iter().map(|(n, l)| (n.to_string(), Bytes::from(l.encode_to_vec()))).collect()),
+            Some(Err(e)) => Err(undecodable(e.clone())),
+            None => crate::wire::encoded_literals(&self.inputs.raw, self.inputs_wire == InputsWire::List).map_err(undecodable),
+        }
+    }
+
+    /// Where this attempt's outputs belong (`<output_prefix>/outputs.pb` when not inline).
+    pub fn output_prefix(&self) -> &str {
+        &self.output_prefix
+    }
+
+    /// Sets the output prefix (tests and builders).
+    pub fn set_output_prefix(&mut self, prefix: impl Into<String>) {
+        self.output_prefix = prefix.into();
+    }
+
+    /// Execution metadata: the task execution id, namespace, labels, service account…
+    pub fn metadata(&self) -> Result<&TaskExecutionMetadata, AgentError> {
+        self.metadata.get("execution metadata", decode_metadata)
+    }
+
+    /// The metadata, to change (tests and builders).
+    pub fn metadata_mut(&mut self) -> &mut TaskExecutionMetadata {
+        self.metadata.make_mut(decode_metadata)
     }
 
     /// Reads `template.custom` (a protobuf `Struct`, as flytekit task classes fill it) into the
     /// agent's own type; an absent `custom` reads as `{}`. Whole numbers read into integer
     /// fields (a `Struct` keeps every number as a double). A `custom` that does not fit is a
-    /// permanent error: the task is wrong, no retry will fix it.
+    /// permanent error: the task is wrong, no retry will fix it. Only `custom` is decoded, not
+    /// the rest of the template.
     ///
     /// ```
     /// # use agent_plugin_api::TaskRequest;
@@ -170,7 +349,28 @@ impl TaskRequest {
     /// assert_eq!((custom.url.as_str(), custom.timeout_sec), ("http://x", 10));
     /// ```
     pub fn custom<T: DeserializeOwned>(&self) -> Result<T, AgentError> {
-        let value = self.template.custom.as_ref().map(json::struct_to_json).unwrap_or(serde_json::Value::Object(Default::default()));
+        let struct_value = match self.template.decoded.get() {
+            Some(Ok(t)) => t.custom.clone(),
+            // Not decoded (or not decodable as a whole): read `custom` alone.
+            _ => {
+                let custom = TemplateCustom::decode(self.template.raw.clone())
+                    .map_err(|e| AgentError::invalid(format!("the task's template does not decode: {e}")))?
+                    .custom;
+                // Straight from the wire into `T`; anything that reader leaves (see
+                // `crate::custom`) goes the way below, whose answers are the reference.
+                if let Ok(value) = crate::custom::from_struct_bytes::<T>(&custom) {
+                    return Ok(value);
+                }
+                match custom.is_empty() {
+                    true => None,
+                    false => Some(
+                        prost_types::Struct::decode(custom)
+                            .map_err(|e| AgentError::invalid(format!("the task's template `custom` does not decode: {e}")))?,
+                    ),
+                }
+            }
+        };
+        let value = struct_value.as_ref().map(json::struct_to_json).unwrap_or(serde_json::Value::Object(Default::default()));
         serde_json::from_value(value).map_err(|e| AgentError::permanent(format!("task template `custom` does not fit: {e}")))
     }
 
@@ -187,12 +387,12 @@ impl TaskRequest {
     /// assert_eq!(task.input::<String>("n").unwrap_err().message(), "input `n`: expected string, found integer");
     /// ```
     pub fn input<T: FromLiteral>(&self, name: &str) -> Result<T, AgentError> {
-        self.inputs.read_named("input", name)
+        self.inputs()?.read_named("input", name)
     }
 
     /// The task execution id (see [`TaskRequest::idempotency_key`]).
-    pub fn task_execution_id(&self) -> Option<&TaskExecutionIdentifier> {
-        self.metadata.task_execution_id.as_ref()
+    pub fn task_execution_id(&self) -> Result<Option<&TaskExecutionIdentifier>, AgentError> {
+        Ok(self.metadata()?.task_execution_id.as_ref())
     }
 
     /// A text key naming this attempt of this task in this execution:
@@ -200,12 +400,12 @@ impl TaskRequest {
     /// for one attempt (same key): make `create` idempotent on it, e.g. by passing it to the
     /// external system as a request or job id. A retry is a new attempt with a new key. `None`
     /// when the caller sent no task execution id.
-    pub fn idempotency_key(&self) -> Option<String> {
-        let id = self.task_execution_id()?;
+    pub fn idempotency_key(&self) -> Result<Option<String>, AgentError> {
+        let Some(id) = self.task_execution_id()? else { return Ok(None) };
         let node = id.node_execution_id.as_ref();
         let execution = node.and_then(|n| n.execution_id.as_ref());
         let task = id.task_id.as_ref();
-        Some(format!(
+        Ok(Some(format!(
             "{}/{}/{}/{}/{}/{}",
             execution.map(|e| e.project.as_str()).unwrap_or_default(),
             execution.map(|e| e.domain.as_str()).unwrap_or_default(),
@@ -213,18 +413,24 @@ impl TaskRequest {
             node.map(|n| n.node_id.as_str()).unwrap_or_default(),
             task.map(|t| t.name.as_str()).unwrap_or_default(),
             id.retry_attempt
-        ))
+        )))
     }
 
     /// Builder: sets `template.custom` from JSON.
     pub fn with_custom(mut self, custom: serde_json::Value) -> Self {
-        self.template.custom = Some(json::json_to_struct(&custom));
+        self.template_mut().custom = Some(json::json_to_struct(&custom));
         self
     }
 
     /// Builder: adds an input (a [`Literal`] or any Rust value of [`crate::value`]).
     pub fn with_input(mut self, name: impl Into<String>, value: impl IntoLiteral) -> Self {
-        self.inputs.insert(name, value);
+        self.inputs_mut().insert(name, value);
+        self
+    }
+
+    /// Builder: sets the output prefix.
+    pub fn with_output_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.output_prefix = prefix.into();
         self
     }
 }
@@ -369,4 +575,116 @@ impl LogStream {
 /// A log line, from text.
 pub fn log_line(message: impl Into<String>) -> LogLine {
     LogLine { message: message.into(), ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn literal(n: i64) -> Literal {
+        n.into_literal()
+    }
+
+    fn template_bytes() -> Bytes {
+        let t = TaskTemplate {
+            r#type: "echo".into(),
+            custom: Some(json::json_to_struct(&serde_json::json!({"n": 3, "name": "x"}))),
+            ..Default::default()
+        };
+        t.encode_to_vec().into()
+    }
+
+    fn map_bytes(entries: &[(&str, i64)]) -> Bytes {
+        // Entries written one by one, in the order given (a map's own encoding would sort them).
+        let mut out = Vec::new();
+        for (name, n) in entries {
+            let one = LiteralMap { literals: [(name.to_string(), literal(*n))].into() };
+            out.extend(one.encode_to_vec());
+        }
+        out.into()
+    }
+
+    #[test]
+    fn parts_decode_when_read_and_a_bad_part_fails_only_its_reader() {
+        let bad = Bytes::from_static(b"\x0a\xff\xff");
+        let task = TaskRequest::received(template_bytes(), map_bytes(&[("a", 1)]), InputsWire::Map, "s3://out".into(), bad.clone());
+        assert_eq!(task.task_type(), "echo");
+        assert_eq!(task.output_prefix(), "s3://out");
+        assert_eq!(task.input::<i64>("a").unwrap(), 1);
+        #[derive(serde::Deserialize)]
+        struct Custom {
+            n: u32,
+            name: String,
+        }
+        let custom: Custom = task.custom().unwrap();
+        assert_eq!((custom.n, custom.name.as_str()), (3, "x"));
+        let e = task.metadata().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.message().contains("execution metadata does not decode"), "{e}");
+        assert_eq!(task.idempotency_key().unwrap_err().kind(), ErrorKind::InvalidInput);
+
+        let task = TaskRequest::received(bad.clone(), Bytes::new(), InputsWire::Map, String::new(), Bytes::new());
+        assert_eq!(task.template().unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(task.custom::<serde_json::Value>().unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert!(task.inputs().unwrap().is_empty(), "absent inputs are empty");
+    }
+
+    #[test]
+    fn custom_is_read_without_the_rest_of_the_template() {
+        // Field 3 (`metadata`) holds bytes that are no TaskMetadata: the template does not
+        // decode, but `custom` (field 5) still reads.
+        let mut raw = template_bytes().to_vec();
+        raw.extend([0x1a, 0x02, 0xff, 0xff]);
+        let task = TaskRequest::received(raw.into(), Bytes::new(), InputsWire::Map, String::new(), Bytes::new());
+        assert!(task.template().is_err());
+        assert_eq!(task.custom::<serde_json::Value>().unwrap(), serde_json::json!({"n": 3, "name": "x"}));
+        // A custom that does not fit is the task's fault (permanent), as before.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Wrong {
+            n: String,
+        }
+        assert_eq!(task.custom::<Wrong>().unwrap_err().kind(), ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn encoded_inputs_are_the_literals_as_sent() {
+        // Flyte 1: a map, read sorted by name; a name sent twice keeps its last value.
+        let raw = map_bytes(&[("b", 2), ("a", 1), ("b", 3)]);
+        let task = TaskRequest::received(Bytes::new(), raw.clone(), InputsWire::Map, String::new(), Bytes::new());
+        let encoded = task.encoded_inputs().unwrap();
+        let names: Vec<&str> = encoded.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(encoded[1].1, literal(3).encode_to_vec());
+        let decoded = task.inputs().unwrap();
+        assert_eq!(decoded.get("b"), Some(&literal(3)));
+        for (name, bytes) in &encoded {
+            assert_eq!(decoded.get(name).unwrap(), &Literal::decode(bytes.clone()).unwrap());
+        }
+        // Flyte 2: a list, kept in order.
+        let list = crate::wire::NamedLiterals {
+            literals: ["z", "y"].map(|n| crate::wire::NamedLiteral { name: n.into(), value: Some(literal(7)) }).to_vec(),
+        };
+        let task = TaskRequest::received(Bytes::new(), list.encode_to_vec().into(), InputsWire::List, String::new(), Bytes::new());
+        let names: Vec<String> = task.encoded_inputs().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["z", "y"]);
+        assert_eq!(task.into_inputs().unwrap().iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(), ["z", "y"]);
+        // Built in Rust: encoded from the values.
+        let built = TaskRequest::new("t").with_input("k", 5);
+        assert_eq!(built.encoded_inputs().unwrap(), [("k".to_string(), Bytes::from(literal(5).encode_to_vec()))]);
+    }
+
+    #[test]
+    fn builders_change_a_received_request() {
+        let task = TaskRequest::received(template_bytes(), map_bytes(&[("a", 1)]), InputsWire::Map, String::new(), Bytes::new())
+            .with_input("b", 2)
+            .with_custom(serde_json::json!({"n": 4}));
+        assert_eq!(task.task_type(), "echo", "the rest of the template is kept");
+        assert_eq!(task.input::<i64>("a").unwrap() + task.input::<i64>("b").unwrap(), 3);
+        assert_eq!(task.custom::<serde_json::Value>().unwrap(), serde_json::json!({"n": 4}));
+        let mut task = task;
+        task.metadata_mut().namespace = "ns".into();
+        assert_eq!(task.metadata().unwrap().namespace, "ns");
+    }
 }

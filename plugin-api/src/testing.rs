@@ -217,20 +217,23 @@ impl Harness {
 
     /// Fills in what Flyte always sends: the task type and version, a task execution id.
     fn complete(&self, mut task: TaskRequest) -> TaskRequest {
-        if task.template.r#type.is_empty() {
-            task.template.r#type = self.task_type.into();
-            task.template.task_type_version = self.task_type_version;
+        if task.task_type().is_empty() {
+            let template = task.template_mut();
+            template.r#type = self.task_type.into();
+            template.task_type_version = self.task_type_version;
         }
-        if task.metadata.task_execution_id.is_none() {
+        let task_type = task.task_type().to_string();
+        let metadata = task.metadata_mut();
+        if metadata.task_execution_id.is_none() {
             let execution = WorkflowExecutionIdentifier {
                 project: "test-project".into(),
                 domain: "development".into(),
                 name: "test-execution".into(),
                 ..Default::default()
             };
-            task.metadata.task_execution_id = Some(TaskExecutionIdentifier {
+            metadata.task_execution_id = Some(TaskExecutionIdentifier {
                 task_id: Some(Identifier {
-                    name: task.template.r#type.clone(),
+                    name: task_type,
                     project: execution.project.clone(),
                     domain: execution.domain.clone(),
                     ..Default::default()
@@ -238,7 +241,7 @@ impl Harness {
                 node_execution_id: Some(NodeExecutionIdentifier { node_id: "n0".into(), execution_id: Some(execution) }),
                 retry_attempt: 0,
             });
-            task.metadata.namespace = "test-project-development".into();
+            metadata.namespace = "test-project-development".into();
         }
         task
     }
@@ -266,15 +269,15 @@ impl Harness {
 
     /// Flyte 1 `ExecuteTaskSync` (a sync agent).
     pub fn execute(&self, task: TaskRequest) -> Result<Resource, AgentError> {
-        let task = self.complete(task);
+        let mut task = self.complete(task);
         let request = pb::ExecuteRequest {
             header: Some(admin::CreateRequestHeader {
-                template: Some(task.template),
-                output_prefix: task.output_prefix,
-                task_execution_metadata: Some(task.metadata),
+                template: Some(std::mem::take(task.template_mut())),
+                output_prefix: task.output_prefix().to_string(),
+                task_execution_metadata: Some(std::mem::take(task.metadata_mut())),
                 max_dataset_size_bytes: 0,
             }),
-            inputs: Some(task.inputs.to_literal_map()),
+            inputs: Some(task.inputs_mut().to_literal_map()),
         };
         let response = self.call(method::V1_EXECUTE, request.encode_to_vec())?;
         self.check_size("ExecuteTaskSync", &response)?;
@@ -288,29 +291,29 @@ impl Harness {
 
     /// `CreateTask`: starts the task and returns the job Flyte would keep.
     pub fn create(&self, task: TaskRequest) -> Result<Job, AgentError> {
-        let task = self.complete(task);
-        let output_prefix = task.output_prefix.clone();
+        let mut task = self.complete(task);
+        let output_prefix = task.output_prefix().to_string();
         let (method, request) = match self.protocol {
             Protocol::V1 => {
                 let r = admin::CreateTaskRequest {
-                    inputs: Some(task.inputs.to_literal_map()),
-                    template: Some(task.template),
-                    output_prefix: task.output_prefix,
-                    task_execution_metadata: Some(task.metadata),
+                    inputs: Some(task.inputs_mut().to_literal_map()),
+                    template: Some(std::mem::take(task.template_mut())),
+                    output_prefix: output_prefix.clone(),
+                    task_execution_metadata: Some(std::mem::take(task.metadata_mut())),
                 };
                 (method::V1_CREATE, r.encode_to_vec())
             }
             Protocol::V2 => {
                 let literals = task
-                    .inputs
+                    .inputs_mut()
                     .iter()
                     .map(|(name, l)| flyteidl2::task::NamedLiteral { name: name.into(), value: Some(convert::<core::Literal, _>(l)) })
                     .collect();
                 let r = flyteidl2::connector::CreateTaskRequest {
                     inputs: Some(flyteidl2::task::Inputs { literals, context: Vec::new() }),
-                    template: Some(convert(&task.template)),
-                    output_prefix: task.output_prefix,
-                    task_execution_metadata: Some(convert(&task.metadata)),
+                    template: Some(convert(task.template_mut())),
+                    output_prefix: output_prefix.clone(),
+                    task_execution_metadata: Some(convert(task.metadata_mut())),
                     connection: self.connection(),
                 };
                 (method::V2_CREATE, r.encode_to_vec())

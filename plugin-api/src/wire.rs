@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use agent_proto::flyteidl::{admin, core};
+use agent_proto::flyteidl::core;
 use bytes::Bytes;
 use prost::Message;
 
@@ -38,35 +38,6 @@ pub(crate) struct Connection {
     pub secrets: BTreeMap<String, String>,
     #[prost(btree_map = "string, string", tag = "3")]
     pub configs: BTreeMap<String, String>,
-}
-
-/// Flyte 1 `CreateTaskRequest` and Flyte 2 `CreateTaskRequest` share fields 2–4; field 1 is a
-/// map in v1 and a list in v2 (decoded by the two `inputs` views below); 5 exists only in v2.
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct CreateV1 {
-    #[prost(message, optional, tag = "1")]
-    pub inputs: Option<core::LiteralMap>,
-    #[prost(message, optional, tag = "2")]
-    pub template: Option<core::TaskTemplate>,
-    #[prost(string, tag = "3")]
-    pub output_prefix: String,
-    #[prost(message, optional, tag = "4")]
-    pub task_execution_metadata: Option<admin::TaskExecutionMetadata>,
-}
-
-/// Flyte 2 `CreateTaskRequest`.
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct CreateV2 {
-    #[prost(message, optional, tag = "1")]
-    pub inputs: Option<NamedLiterals>,
-    #[prost(message, optional, tag = "2")]
-    pub template: Option<core::TaskTemplate>,
-    #[prost(string, tag = "3")]
-    pub output_prefix: String,
-    #[prost(message, optional, tag = "4")]
-    pub task_execution_metadata: Option<admin::TaskExecutionMetadata>,
-    #[prost(message, optional, tag = "5")]
-    pub connection: Option<Connection>,
 }
 
 /// Get and Delete in both protocols: field 2 `resource_meta`, 4 `output_prefix` (Get), 5
@@ -107,15 +78,6 @@ pub(crate) struct LogsRequest {
     pub token: String,
 }
 
-/// agent-host's `ExecuteRequest`: the header and inputs of Flyte 1's ExecuteTaskSync stream.
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct Execute {
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<admin::CreateRequestHeader>,
-    #[prost(message, optional, tag = "2")]
-    pub inputs: Option<core::LiteralMap>,
-}
-
 /// Flyte 2 `Resource`: outputs as an ordered list, no `state`, no `agent_error`.
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct ResourceV2 {
@@ -136,4 +98,73 @@ pub(crate) struct ResourceV2 {
 pub(crate) struct GetResponseV2 {
     #[prost(message, optional, tag = "1")]
     pub resource: Option<ResourceV2>,
+}
+
+/// A request's parts, each kept encoded: Flyte 1 and Flyte 2 `CreateTaskRequest` (field 5,
+/// `connection`, exists only in Flyte 2). Decoding into `Bytes` from `Bytes` slices, no copy.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct CreateParts {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub inputs: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub template: Bytes,
+    #[prost(string, tag = "3")]
+    pub output_prefix: String,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub task_execution_metadata: Bytes,
+    #[prost(message, optional, tag = "5")]
+    pub connection: Option<Connection>,
+}
+
+/// agent-host's `ExecuteRequest`, its parts kept encoded.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ExecuteParts {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub header: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub inputs: Bytes,
+}
+
+/// Flyte 1 `CreateRequestHeader`, its parts kept encoded.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct HeaderParts {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub template: Bytes,
+    #[prost(string, tag = "2")]
+    pub output_prefix: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub task_execution_metadata: Bytes,
+}
+
+/// A map entry of a `LiteralMap` or a Flyte 2 `NamedLiteral`: both are `{ string = 1;
+/// Literal = 2; }`, here with the literal kept encoded.
+#[derive(Clone, PartialEq, Message)]
+struct EncodedLiteral {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+/// A `LiteralMap` or Flyte 2 `Inputs`: both keep their entries in field 1.
+#[derive(Clone, PartialEq, Message)]
+struct EncodedLiterals {
+    #[prost(message, repeated, tag = "1")]
+    entries: Vec<EncodedLiteral>,
+}
+
+/// The literals of an encoded `LiteralMap` (`list: false`; sorted by name, the last of a
+/// repeated name kept, as a decoded map is) or Flyte 2 `Inputs` (`list: true`; in order), each
+/// literal still encoded.
+pub(crate) fn encoded_literals(raw: &Bytes, list: bool) -> Result<Vec<(String, Bytes)>, String> {
+    let entries = EncodedLiterals::decode(raw.clone()).map_err(|e| e.to_string())?.entries;
+    let mut out: Vec<(String, Bytes)> = entries.into_iter().map(|e| (e.name, e.value)).collect();
+    if !list {
+        // Stable: among equal names the last received stays last, and is the one kept.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.reverse();
+        out.dedup_by(|later, earlier| later.0 == earlier.0);
+        out.reverse();
+    }
+    Ok(out)
 }

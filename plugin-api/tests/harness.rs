@@ -53,7 +53,7 @@ impl AsyncAgent for Countdown {
             Some(m) => return Err(AgentError::permanent(m)),
             None => {}
         }
-        let key = format!("{}|{}", task.idempotency_key().unwrap_or_default(), ctx.secret("g", "token").unwrap_or_default());
+        let key = format!("{}|{}", task.idempotency_key()?.unwrap_or_default(), ctx.secret("g", "token").unwrap_or_default());
         Ok(Meta { polls: task.input("polls")?, key })
     }
 

@@ -78,7 +78,7 @@ impl AsyncAgent for MyJobAgent {
         // A credential for your system: Flyte 2 connection secrets, then $_FSEC_MY_AGENT_API_TOKEN,
         // then /etc/secrets/my_agent/api_token. Use `?` instead of `.ok()` when it is required.
         let token = ctx.secret("my_agent", "api_token").ok();
-        let id = task.idempotency_key().unwrap_or_else(|| format!("local-{}", now()));
+        let id = task.idempotency_key()?.unwrap_or_else(|| format!("local-{}", now()));
         // >>> Submit the job to your system here, passing `id` so that a repeated CreateTask
         // >>> for the same attempt finds the job it already started instead of a second one.
         tracing::info!(job = %id, authenticated = token.is_some(), "job submitted");

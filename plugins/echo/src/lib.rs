@@ -56,11 +56,6 @@ struct Switches {
 }
 
 async fn check_switches(task: &TaskRequest) -> Result<Switches, AgentError> {
-    // Most tasks carry none: skip reading `custom` then.
-    let has_switch = task.template.custom.as_ref().is_some_and(|c| c.fields.keys().any(|k| k.starts_with("echo_")));
-    if !has_switch {
-        return Ok(Switches::default());
-    }
     let s: Switches = task.custom()?;
     if let Some(ms) = s.echo_sleep_ms {
         let mut unfinished = CountIfCancelled(true);
@@ -96,7 +91,7 @@ impl SyncAgent for EchoSync {
 
     async fn execute(&self, _ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
         let switches = check_switches(&task).await?;
-        let resource = echoed(task.inputs);
+        let resource = echoed(task.into_inputs()?);
         Ok(match switches.echo_report_thread {
             // Where this step of the call ran: a host thread when the host polls it inline.
             Some(_) => resource.with_info("thread", std::thread::current().name().unwrap_or("unnamed")),
@@ -153,7 +148,8 @@ impl AsyncAgent for EchoAsync {
 
     async fn create(&self, _ctx: &Context, task: TaskRequest) -> Result<EchoMeta, AgentError> {
         let switches = check_switches(&task).await?;
-        let inputs = task.inputs.iter().map(|(n, l)| (n.to_string(), Base64Bytes(agent_plugin_api::encode_message(l)))).collect();
+        // Kept as they came, without decoding them: `get` decodes them to answer.
+        let inputs = task.encoded_inputs()?.into_iter().map(|(n, l)| (n, Base64Bytes(l.to_vec()))).collect();
         Ok(EchoMeta { created_by: VERSION.into(), inputs, log_every_ms: switches.echo_log_every_ms })
     }
 

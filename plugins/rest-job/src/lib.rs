@@ -241,7 +241,7 @@ impl AsyncAgent for RestJob {
 
     async fn create(&self, ctx: &Context, task: TaskRequest) -> Result<JobMeta, AgentError> {
         let custom: JobSpec = task.custom()?;
-        let key = task.idempotency_key().unwrap_or_default();
+        let key = task.idempotency_key()?.unwrap_or_default();
         if let Some(meta) = self.remembered(&key) {
             tracing::info!(job_id = %meta.job_id, %key, "CreateTask repeated: the job is already submitted");
             return Ok(meta);
@@ -259,9 +259,9 @@ impl AsyncAgent for RestJob {
         let job_id_path = custom.job_id_path.clone().or_else(|| d.job_id_path.clone()).unwrap_or_else(|| "id".into());
 
         // First pass: inputs, the attempt's key and the output prefix; `{job_id}` stays for later.
-        let mut scope = Scope::with_inputs(&task.inputs);
+        let mut scope = Scope::with_inputs(task.inputs()?);
         scope.names.insert("idempotency_key".into(), key.clone());
-        scope.names.insert("output_prefix".into(), task.output_prefix.clone());
+        scope.names.insert("output_prefix".into(), task.output_prefix().to_string());
         let resolve = |call: Call, scope: &Scope<'_>| -> Result<Call, AgentError> {
             let value = serde_json::to_value(&call).map_err(|e| AgentError::new(e.to_string()))?;
             let value = template::format(value, scope).map_err(AgentError::permanent)?;

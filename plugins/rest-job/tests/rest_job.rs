@@ -177,7 +177,7 @@ fn create_is_idempotent_per_task_execution_id() {
 
     // Another host process (no memory of the first): the lookup request finds the job.
     let mut with_lookup = task("DONE");
-    let mut custom = agent_plugin_api::json::struct_to_json(with_lookup.template.custom.as_ref().unwrap());
+    let mut custom = agent_plugin_api::json::struct_to_json(with_lookup.template().unwrap().custom.as_ref().unwrap());
     custom["lookup"] = json!({"url": "/jobs?key={idempotency_key}"});
     with_lookup = with_lookup.with_custom(custom);
     let other = Harness::for_async::<RestJob>(Context::for_tests(config(addr))).unwrap();
@@ -188,7 +188,7 @@ fn create_is_idempotent_per_task_execution_id() {
 
     // A new attempt is a new key: a new job.
     let mut retry = task("DONE");
-    retry.metadata = agent_plugin_api::flyte::admin::TaskExecutionMetadata {
+    *retry.metadata_mut() = agent_plugin_api::flyte::admin::TaskExecutionMetadata {
         task_execution_id: Some(agent_plugin_api::flyte::core::TaskExecutionIdentifier { retry_attempt: 1, ..Default::default() }),
         ..Default::default()
     };
@@ -218,7 +218,7 @@ fn remote_states_map_to_phases_as_configured() {
     assert_eq!((done.phase, done.message.as_str()), (Phase::Failed, "job job-1: error: poll 3"));
     // A task's own mapping.
     let mut custom_states = task("PREEMPTED");
-    let mut custom = agent_plugin_api::json::struct_to_json(custom_states.template.custom.as_ref().unwrap());
+    let mut custom = agent_plugin_api::json::struct_to_json(custom_states.template().unwrap().custom.as_ref().unwrap());
     custom["states"] = json!({"succeeded": ["DONE"], "failed": ["BROKEN"], "retryable": ["PREEMPTED"]});
     custom_states = custom_states.with_custom(custom);
     let other = Harness::for_async::<RestJob>(Context::for_tests(config(addr))).unwrap();
@@ -235,7 +235,7 @@ fn a_rejected_submission_fails_and_the_token_stays_home() {
     assert_eq!(done.message, "the submit request answered 400: {\"error\":\"rejected\"}");
     // An absolute URL outside the configured base URL gets no token.
     let mut elsewhere = task("DONE");
-    let mut custom = agent_plugin_api::json::struct_to_json(elsewhere.template.custom.as_ref().unwrap());
+    let mut custom = agent_plugin_api::json::struct_to_json(elsewhere.template().unwrap().custom.as_ref().unwrap());
     custom["submit"]["url"] = json!(format!("http://localhost:{}/api/jobs", addr.port()));
     elsewhere = elsewhere.with_custom(custom);
     let other = Harness::for_async::<RestJob>(Context::for_tests(config(addr)).with_secrets_dir(secrets_dir("secret"))).unwrap();

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use agent_plugin_api::{tracing, value::Msgpack, AgentError, Context, Resource, SyncAgent, TaskRequest};
+use agent_plugin_api::{tracing, value::Msgpack, AgentError, Context, Literals, Resource, SyncAgent, TaskRequest};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -48,8 +48,11 @@ impl SyncAgent for Webhook {
     }
 
     async fn execute(&self, ctx: &Context, task: TaskRequest) -> Result<Resource, AgentError> {
+        // A request that does not decode is the caller's error (INVALID_ARGUMENT), not the job's.
+        let (custom, inputs) = (task.template()?.custom.as_ref(), task.inputs()?);
+        let custom = custom.map(template::struct_value).unwrap_or(Value::Object(Default::default()));
         // flytekit answers FAILED with the exception's text for anything that goes wrong.
-        Ok(match self.call(ctx, &task).await {
+        Ok(match self.call(ctx, custom, inputs).await {
             Ok(resource) => resource,
             Err(message) => Resource::failed(message),
         })
@@ -72,10 +75,9 @@ fn secret_lookup(ctx: &Context) -> impl Fn(&str, &str) -> Result<String, String>
 }
 
 impl Webhook {
-    async fn call(&self, ctx: &Context, task: &TaskRequest) -> Result<Resource, String> {
-        let custom = task.template.custom.as_ref().map(template::struct_value).unwrap_or(Value::Object(Default::default()));
+    async fn call(&self, ctx: &Context, custom: Value, inputs: &Literals) -> Result<Resource, String> {
         let lookup = secret_lookup(ctx);
-        let scope = Scope { secret: Some(&lookup), ..Scope::with_inputs(&task.inputs) };
+        let scope = Scope { secret: Some(&lookup), ..Scope::with_inputs(inputs) };
         let custom = template::format(custom, &scope)?;
         let field = |key: &str| custom.get(key).cloned().unwrap_or(Value::Null);
 

@@ -1,0 +1,312 @@
+//! Reading an encoded protobuf `Struct` (a task template's `custom`) straight into an agent's
+//! serde type, without building a `prost_types::Struct` and a `serde_json::Value` first.
+//!
+//! It reads the wire format as [`crate::json::struct_to_json`] would convert it: a `Value`
+//! without a kind, or a `null_value`, is null; whole numbers below 9e15 are integers, other
+//! finite numbers floats, and non-finite ones null (JSON has no NaN). What this reader does
+//! not take (an enum, a repeated key, bad wire data) is an error, and the caller then reads the
+//! slow way, which is the reference: its answers and its error messages are the ones agents see.
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Why the fast reader gave up (never shown: the slow path answers instead).
+#[derive(Debug)]
+pub(crate) struct GiveUp(String);
+
+impl std::fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GiveUp {}
+
+impl de::Error for GiveUp {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        GiveUp(msg.to_string())
+    }
+}
+
+fn give_up<T>(why: &str) -> Result<T, GiveUp> {
+    Err(GiveUp(why.to_string()))
+}
+
+/// `T` from the bytes of an encoded `google.protobuf.Struct`.
+pub(crate) fn from_struct_bytes<T: de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GiveUp> {
+    T::deserialize(StructDe(bytes))
+}
+
+/// A field of an encoded message: number and payload.
+enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Len(&'a [u8]),
+}
+
+/// Reads one field from the front of `buf`.
+fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), GiveUp> {
+    let key = varint(buf)?;
+    let number = u32::try_from(key >> 3).map_err(|_| GiveUp("field number out of range".into()))?;
+    let field = match key & 7 {
+        0 => Field::Varint(varint(buf)?),
+        1 => {
+            let Some((head, rest)) = buf.split_first_chunk::<8>() else { return give_up("truncated fixed64") };
+            *buf = rest;
+            Field::Fixed64(u64::from_le_bytes(*head))
+        }
+        2 => {
+            let len = usize::try_from(varint(buf)?).map_err(|_| GiveUp("length out of range".into()))?;
+            if len > buf.len() {
+                return give_up("truncated field");
+            }
+            let (payload, rest) = buf.split_at(len);
+            *buf = rest;
+            Field::Len(payload)
+        }
+        5 => {
+            if buf.len() < 4 {
+                return give_up("truncated fixed32");
+            }
+            *buf = &buf[4..];
+            Field::Fixed64(0)
+        }
+        _ => return give_up("unsupported wire type"),
+    };
+    Ok((number, field))
+}
+
+fn varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some((&byte, rest)) = buf.split_first() else { return give_up("truncated varint") };
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    give_up("varint too long")
+}
+
+fn text(bytes: &[u8]) -> Result<&str, GiveUp> {
+    std::str::from_utf8(bytes).map_err(|_| GiveUp("invalid UTF-8".into()))
+}
+
+/// An encoded `Struct` (`map<string, Value> fields = 1`).
+struct StructDe<'a>(&'a [u8]);
+
+impl<'de> Deserializer<'de> for StructDe<'de> {
+    type Error = GiveUp;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        visitor.visit_map(Entries { buf: self.0, value: None, seen: Vec::new() })
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(self, _: &'static str, _: &'static [&'static str], _: V) -> Result<V::Value, GiveUp> {
+        give_up("enums are read the slow way")
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit unit_struct
+        newtype_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+/// The entries of a `Struct`, as a serde map.
+struct Entries<'a> {
+    buf: &'a [u8],
+    value: Option<&'a [u8]>,
+    /// Keys so far: a repeated key is left to the slow path (a protobuf map keeps the last).
+    seen: Vec<&'a str>,
+}
+
+impl<'de> MapAccess<'de> for Entries<'de> {
+    type Error = GiveUp;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, GiveUp> {
+        while !self.buf.is_empty() {
+            let (number, field) = next_field(&mut self.buf)?;
+            let (1, Field::Len(entry)) = (number, field) else { continue };
+            let (mut key, mut value, mut rest) = ("", &[][..], entry);
+            while !rest.is_empty() {
+                match next_field(&mut rest)? {
+                    (1, Field::Len(k)) => key = text(k)?,
+                    (2, Field::Len(v)) => value = v,
+                    _ => {}
+                }
+            }
+            if self.seen.contains(&key) {
+                return give_up("a repeated key");
+            }
+            self.seen.push(key);
+            self.value = Some(value);
+            return seed.deserialize(de::value::BorrowedStrDeserializer::new(key)).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, GiveUp> {
+        let value = self.value.take().ok_or_else(|| GiveUp("a value without its key".into()))?;
+        seed.deserialize(ValueDe(value))
+    }
+}
+
+/// The kind of an encoded `Value` (its oneof: the last member on the wire wins).
+enum Kind<'a> {
+    Null,
+    Number(f64),
+    Text(&'a str),
+    Bool(bool),
+    Struct(&'a [u8]),
+    List(&'a [u8]),
+}
+
+/// An encoded `google.protobuf.Value`.
+struct ValueDe<'a>(&'a [u8]);
+
+impl<'a> ValueDe<'a> {
+    fn kind(&self) -> Result<Kind<'a>, GiveUp> {
+        let (mut buf, mut kind) = (self.0, Kind::Null);
+        while !buf.is_empty() {
+            kind = match next_field(&mut buf)? {
+                (1, Field::Varint(_)) => Kind::Null,
+                (2, Field::Fixed64(bits)) => Kind::Number(f64::from_bits(bits)),
+                (3, Field::Len(s)) => Kind::Text(text(s)?),
+                (4, Field::Varint(b)) => Kind::Bool(b != 0),
+                (5, Field::Len(s)) => Kind::Struct(s),
+                (6, Field::Len(l)) => Kind::List(l),
+                (1..=6, _) => return give_up("a Value field of the wrong wire type"),
+                _ => kind,
+            };
+        }
+        Ok(kind)
+    }
+}
+
+impl<'de> Deserializer<'de> for ValueDe<'de> {
+    type Error = GiveUp;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.kind()? {
+            Kind::Null => visitor.visit_unit(),
+            // As `json::value_to_json`: whole numbers are integers, NaN and infinities null.
+            Kind::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => visitor.visit_i64(n as i64),
+            Kind::Number(n) if n.is_finite() => visitor.visit_f64(n),
+            Kind::Number(_) => visitor.visit_unit(),
+            Kind::Text(s) => visitor.visit_borrowed_str(s),
+            Kind::Bool(b) => visitor.visit_bool(b),
+            Kind::Struct(s) => StructDe(s).deserialize_any(visitor),
+            Kind::List(l) => visitor.visit_seq(Items(l)),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.kind()? {
+            Kind::Null => visitor.visit_none(),
+            Kind::Number(n) if !n.is_finite() => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(self, _: &'static str, _: &'static [&'static str], _: V) -> Result<V::Value, GiveUp> {
+        give_up("enums are read the slow way")
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit unit_struct
+        newtype_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+/// The values of an encoded `ListValue` (`repeated Value values = 1`).
+struct Items<'a>(&'a [u8]);
+
+impl<'de> SeqAccess<'de> for Items<'de> {
+    type Error = GiveUp;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, GiveUp> {
+        while !self.0.is_empty() {
+            if let (1, Field::Len(v)) = next_field(&mut self.0)? {
+                return seed.deserialize(ValueDe(v)).map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::{json_to_struct, struct_to_json};
+    use prost::Message;
+    use serde_json::json;
+
+    fn slow<T: de::DeserializeOwned>(s: &prost_types::Struct) -> Result<T, serde_json::Error> {
+        serde_json::from_value(struct_to_json(s))
+    }
+
+    #[test]
+    fn reads_what_the_json_path_reads() {
+        let v = json!({"url": "http://x", "timeout_sec": 10, "ratio": 0.5, "neg": -3, "big": 1.0e16, "flag": true, "none": null,
+                       "h": {"a": [1, "b", null, true, {"deep": [[]]}], "e": {}}, "list": [], "text": "ünïcode"});
+        let s = json_to_struct(&v);
+        let fast: serde_json::Value = from_struct_bytes(&s.encode_to_vec()).unwrap();
+        assert_eq!(fast, slow::<serde_json::Value>(&s).unwrap());
+        assert_eq!(fast, v);
+    }
+
+    #[test]
+    fn typed_fields_and_options() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Custom {
+            url: String,
+            timeout_sec: u64,
+            ratio: f64,
+            missing: Option<String>,
+            none: Option<u32>,
+            #[serde(default)]
+            tags: Vec<String>,
+        }
+        let s = json_to_struct(&json!({"url": "u", "timeout_sec": 30, "ratio": 2, "none": null, "tags": ["a"], "extra": {"x": 1}}));
+        let fast: Custom = from_struct_bytes(&s.encode_to_vec()).unwrap();
+        assert_eq!(fast, slow::<Custom>(&s).unwrap());
+        assert_eq!(fast.tags, ["a"]);
+    }
+
+    #[test]
+    fn non_finite_numbers_are_null() {
+        let nan = prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)) };
+        let s = prost_types::Struct { fields: [("x".to_string(), nan)].into() };
+        let fast: serde_json::Value = from_struct_bytes(&s.encode_to_vec()).unwrap();
+        assert_eq!(fast, json!({"x": null}));
+        assert_eq!(fast, slow::<serde_json::Value>(&s).unwrap());
+    }
+
+    #[test]
+    fn gives_up_where_the_slow_path_decides() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        enum Mode {
+            Fast,
+            Slow,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct WithEnum {
+            mode: Mode,
+        }
+        let s = json_to_struct(&json!({"mode": "Fast"}));
+        assert!(from_struct_bytes::<WithEnum>(&s.encode_to_vec()).is_err(), "enums go the slow way");
+        assert!(slow::<WithEnum>(&s).is_ok());
+        // A key sent twice: a protobuf map keeps the last, which only the slow path does.
+        let entry = |k: &str, n: f64| prost_types::Struct { fields: [(k.to_string(), json_to_value(n))].into() }.encode_to_vec();
+        let twice = [entry("a", 1.0), entry("a", 2.0)].concat();
+        assert!(from_struct_bytes::<serde_json::Value>(&twice).is_err());
+        assert_eq!(slow::<serde_json::Value>(&prost_types::Struct::decode(twice.as_slice()).unwrap()).unwrap(), json!({"a": 2}));
+        assert!(from_struct_bytes::<serde_json::Value>(b"\x0a\x05ab").is_err(), "truncated");
+    }
+
+    fn json_to_value(n: f64) -> prost_types::Value {
+        prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(n)) }
+    }
+}
