@@ -316,6 +316,8 @@ pub async fn run(
         });
     }
 
+    let idle_trim = tokio::spawn(memory::trim_when_idle(host.service.clone(), Duration::from_secs(2)));
+
     let (stop_watch, watch_stopped) = tokio::sync::watch::channel(false);
     let loading = {
         let host = host.clone();
@@ -363,6 +365,7 @@ pub async fn run(
     };
     loading.abort();
     signal.abort();
+    idle_trim.abort();
     let _ = stop_watch.send(true);
     // Retire every plugin version and give their shutdown hooks a moment.
     host.service.registry.store(registry::Snapshot::default());

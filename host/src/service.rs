@@ -32,6 +32,8 @@ pub struct Service {
     /// Calls (and log streams) running in the Flyte services, so a shutdown knows when its
     /// work is done without waiting for long-lived streams of other services (health Watch).
     active: std::sync::atomic::AtomicUsize,
+    /// Calls started since the host started (for [`crate::memory::trim_when_idle`]).
+    started: std::sync::atomic::AtomicU64,
 }
 
 /// Counts a call as active while alive.
@@ -92,7 +94,13 @@ impl Service {
     /// Marks a call active until the guard drops.
     pub fn begin(self: &Arc<Self>) -> ActiveCall {
         self.active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ActiveCall(self.clone())
+    }
+
+    /// Calls and log streams started so far.
+    pub fn calls_started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Calls and log streams running now.
