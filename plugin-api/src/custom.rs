@@ -37,14 +37,14 @@ pub(crate) fn from_struct_bytes<T: de::DeserializeOwned>(bytes: &[u8]) -> Result
 }
 
 /// A field of an encoded message: number and payload.
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Fixed64(u64),
     Len(&'a [u8]),
 }
 
 /// Reads one field from the front of `buf`.
-fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), GiveUp> {
+pub(crate) fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), GiveUp> {
     let key = varint(buf)?;
     let number = u32::try_from(key >> 3).map_err(|_| GiveUp("field number out of range".into()))?;
     let field = match key & 7 {
@@ -76,14 +76,23 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), GiveUp> {
 }
 
 fn varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
+    // Keys and short lengths take one byte.
+    if let Some((&byte, rest)) = buf.split_first() {
+        if byte < 0x80 {
+            *buf = rest;
+            return Ok(u64::from(byte));
+        }
+    }
     let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
+    let mut shift = 0;
+    while shift < 64 {
         let Some((&byte, rest)) = buf.split_first() else { return give_up("truncated varint") };
         *buf = rest;
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(value);
         }
+        shift += 7;
     }
     give_up("varint too long")
 }
@@ -99,7 +108,7 @@ impl<'de> Deserializer<'de> for StructDe<'de> {
     type Error = GiveUp;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
-        visitor.visit_map(Entries { buf: self.0, value: None, seen: Vec::new() })
+        visitor.visit_map(Entries { buf: self.0, value: None, seen: Seen::default() })
     }
 
     fn deserialize_enum<V: Visitor<'de>>(self, _: &'static str, _: &'static [&'static str], _: V) -> Result<V::Value, GiveUp> {
@@ -117,7 +126,7 @@ struct Entries<'a> {
     buf: &'a [u8],
     value: Option<&'a [u8]>,
     /// Keys so far: a repeated key is left to the slow path (a protobuf map keeps the last).
-    seen: Vec<&'a str>,
+    seen: Seen<'a>,
 }
 
 impl<'de> MapAccess<'de> for Entries<'de> {
@@ -135,10 +144,9 @@ impl<'de> MapAccess<'de> for Entries<'de> {
                     _ => {}
                 }
             }
-            if self.seen.contains(&key) {
+            if !self.seen.insert(key) {
                 return give_up("a repeated key");
             }
-            self.seen.push(key);
             self.value = Some(value);
             return seed.deserialize(de::value::BorrowedStrDeserializer::new(key)).map(Some);
         }
@@ -148,6 +156,31 @@ impl<'de> MapAccess<'de> for Entries<'de> {
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, GiveUp> {
         let value = self.value.take().ok_or_else(|| GiveUp("a value without its key".into()))?;
         seed.deserialize(ValueDe(value))
+    }
+}
+
+/// The keys of one `Struct` read so far: the first few without an allocation.
+#[derive(Default)]
+struct Seen<'a> {
+    few: [&'a str; 8],
+    len: usize,
+    more: Vec<&'a str>,
+}
+
+impl<'a> Seen<'a> {
+    /// Adds `key`; false if it was there.
+    fn insert(&mut self, key: &'a str) -> bool {
+        if self.few[..self.len].contains(&key) || self.more.contains(&key) {
+            return false;
+        }
+        match self.few.get_mut(self.len) {
+            Some(slot) => {
+                *slot = key;
+                self.len += 1;
+            }
+            None => self.more.push(key),
+        }
+        true
     }
 }
 

@@ -300,10 +300,10 @@ impl TaskRequest {
     /// Each input's literal as it was encoded on the wire (a protobuf `flyteidl.core.Literal`),
     /// by name, in order, without decoding it: for agents that store or forward inputs as
     /// they are. (Decoded inputs, as after [`TaskRequest::inputs_mut`], are encoded here.)
-    pub fn encoded_inputs(&self) -> Result<Vec<(String, Bytes)>, AgentError> {
+    pub fn encoded_inputs(&self) -> Result<Vec<(&str, Bytes)>, AgentError> {
         let undecodable = |e: String| AgentError::invalid(format!("the task's inputs do not decode: {e}"));
         match self.inputs.decoded.get() {
-            Some(Ok(literals)) => Ok(literals.iter().map(|(n, l)| (n.to_string(), Bytes::from(l.encode_to_vec()))).collect()),
+            Some(Ok(literals)) => Ok(literals.iter().map(|(n, l)| (n, Bytes::from(l.encode_to_vec()))).collect()),
             Some(Err(e)) => Err(undecodable(e.clone())),
             None => crate::wire::encoded_literals(&self.inputs.raw, self.inputs_wire == InputsWire::List).map_err(undecodable),
         }
@@ -654,7 +654,7 @@ mod tests {
         let raw = map_bytes(&[("b", 2), ("a", 1), ("b", 3)]);
         let task = TaskRequest::received(Bytes::new(), raw.clone(), InputsWire::Map, String::new(), Bytes::new());
         let encoded = task.encoded_inputs().unwrap();
-        let names: Vec<&str> = encoded.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = encoded.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(encoded[1].1, literal(3).encode_to_vec());
         let decoded = task.inputs().unwrap();
@@ -667,12 +667,12 @@ mod tests {
             literals: ["z", "y"].map(|n| crate::wire::NamedLiteral { name: n.into(), value: Some(literal(7)) }).to_vec(),
         };
         let task = TaskRequest::received(Bytes::new(), list.encode_to_vec().into(), InputsWire::List, String::new(), Bytes::new());
-        let names: Vec<String> = task.encoded_inputs().unwrap().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<&str> = task.encoded_inputs().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["z", "y"]);
         assert_eq!(task.into_inputs().unwrap().iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(), ["z", "y"]);
         // Built in Rust: encoded from the values.
         let built = TaskRequest::new("t").with_input("k", 5);
-        assert_eq!(built.encoded_inputs().unwrap(), [("k".to_string(), Bytes::from(literal(5).encode_to_vec()))]);
+        assert_eq!(built.encoded_inputs().unwrap(), [("k", Bytes::from(literal(5).encode_to_vec()))]);
     }
 
     #[test]

@@ -136,32 +136,30 @@ pub(crate) struct HeaderParts {
     pub task_execution_metadata: Bytes,
 }
 
-/// A map entry of a `LiteralMap` or a Flyte 2 `NamedLiteral`: both are `{ string = 1;
-/// Literal = 2; }`, here with the literal kept encoded.
-#[derive(Clone, PartialEq, Message)]
-struct EncodedLiteral {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(bytes = "bytes", tag = "2")]
-    value: Bytes,
-}
-
-/// A `LiteralMap` or Flyte 2 `Inputs`: both keep their entries in field 1.
-#[derive(Clone, PartialEq, Message)]
-struct EncodedLiterals {
-    #[prost(message, repeated, tag = "1")]
-    entries: Vec<EncodedLiteral>,
-}
-
 /// The literals of an encoded `LiteralMap` (`list: false`; sorted by name, the last of a
 /// repeated name kept, as a decoded map is) or Flyte 2 `Inputs` (`list: true`; in order), each
-/// literal still encoded.
-pub(crate) fn encoded_literals(raw: &Bytes, list: bool) -> Result<Vec<(String, Bytes)>, String> {
-    let entries = EncodedLiterals::decode(raw.clone()).map_err(|e| e.to_string())?.entries;
-    let mut out: Vec<(String, Bytes)> = entries.into_iter().map(|e| (e.name, e.value)).collect();
+/// literal still encoded. Both keep their entries in field 1 as `{ string name = 1; Literal
+/// value = 2; }` (a map entry and a `NamedLiteral` alike). Names and literals borrow `raw`.
+pub(crate) fn encoded_literals(raw: &Bytes, list: bool) -> Result<Vec<(&str, Bytes)>, String> {
+    use crate::custom::{next_field, Field};
+    let mut out: Vec<(&str, Bytes)> = Vec::new();
+    let mut buf = &raw[..];
+    while !buf.is_empty() {
+        let (1, Field::Len(mut entry)) = next_field(&mut buf).map_err(|e| e.to_string())? else { continue };
+        let (mut name, mut value) = ("", &[][..]);
+        while !entry.is_empty() {
+            match next_field(&mut entry).map_err(|e| e.to_string())? {
+                (1, Field::Len(n)) => name = std::str::from_utf8(n).map_err(|_| "a name is not UTF-8".to_string())?,
+                (2, Field::Len(v)) => value = v,
+                (1 | 2, _) => return Err("an entry field of the wrong wire type".into()),
+                _ => {}
+            }
+        }
+        out.push((name, raw.slice_ref(value)));
+    }
     if !list {
         // Stable: among equal names the last received stays last, and is the one kept.
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.0.cmp(b.0));
         out.reverse();
         out.dedup_by(|later, earlier| later.0 == earlier.0);
         out.reverse();

@@ -149,7 +149,7 @@ impl AsyncAgent for EchoAsync {
     async fn create(&self, _ctx: &Context, task: TaskRequest) -> Result<EchoMeta, AgentError> {
         let switches = check_switches(&task).await?;
         // Kept as they came, without decoding them: `get` decodes them to answer.
-        let inputs = task.encoded_inputs()?.into_iter().map(|(n, l)| (n, Base64Bytes(l.to_vec()))).collect();
+        let inputs = task.encoded_inputs()?.into_iter().map(|(n, l)| (n.to_string(), Base64Bytes(l.to_vec()))).collect();
         Ok(EchoMeta { created_by: VERSION.into(), inputs, log_every_ms: switches.echo_log_every_ms })
     }
 
