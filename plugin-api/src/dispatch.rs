@@ -175,7 +175,8 @@ pub(crate) fn from_v1(r: admin::Resource) -> Resource {
 }
 
 fn custom_info(info: std::collections::BTreeMap<String, serde_json::Value>) -> Option<prost_types::Struct> {
-    (!info.is_empty()).then(|| json::json_to_struct(&serde_json::Value::Object(info.into_iter().collect())))
+    // Keys moved, not copied; the same Struct as `json::json_to_struct` of the object.
+    (!info.is_empty()).then(|| prost_types::Struct { fields: info.into_iter().map(|(k, v)| (k, json::json_to_value(&v))).collect() })
 }
 
 fn encode_get(protocol: Protocol, r: Resource) -> Vec<u8> {
