@@ -63,6 +63,83 @@ async fn trim_when_idle_with(service: std::sync::Arc<crate::service::Service>, e
     }
 }
 
+/// Reads `file` to its end into a buffer of its own anonymous mapping, unmapped when the last
+/// `Bytes` of it drops. Plugin files (several MiB, read at every load) are kept out of the
+/// heaps this way: with the heaps keeping their free pages for calls (see the module
+/// documentation), a file read into a heap buffer stayed resident after the load (5 MiB of idle
+/// RSS with the example plugins).
+pub fn read_into_own_mapping(file: &mut std::fs::File, size_hint: u64) -> std::io::Result<bytes::Bytes> {
+    use std::io::Read;
+    let mut buf = MappedBuffer::new(usize::try_from(size_hint).unwrap_or(usize::MAX).saturating_add(1))?;
+    loop {
+        if buf.len == buf.cap {
+            buf.grow()?;
+        }
+        // SAFETY: `len..cap` lies inside the mapping, which is readable and writable.
+        let spare = unsafe { std::slice::from_raw_parts_mut(buf.ptr.add(buf.len), buf.cap - buf.len) };
+        match file.read(spare) {
+            Ok(0) => return Ok(bytes::Bytes::from_owner(buf)),
+            Ok(n) => buf.len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Bytes in an anonymous private mapping of their own.
+struct MappedBuffer {
+    ptr: *mut u8,
+    len: usize,
+    cap: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone; `&MappedBuffer` only gives out `&[u8]`.
+unsafe impl Send for MappedBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for MappedBuffer {}
+
+impl MappedBuffer {
+    fn new(at_least: usize) -> std::io::Result<MappedBuffer> {
+        let cap = at_least.max(1).checked_next_multiple_of(4096).ok_or(std::io::ErrorKind::OutOfMemory)?;
+        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), cap, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(MappedBuffer { ptr: ptr.cast(), len: 0, cap })
+    }
+
+    /// Doubles the mapping (the file grew while it was read), keeping its content.
+    fn grow(&mut self) -> std::io::Result<()> {
+        let cap = self.cap.checked_mul(2).ok_or(std::io::ErrorKind::OutOfMemory)?;
+        // SAFETY: `ptr`/`cap` is this value's mapping; MREMAP_MAYMOVE returns its new address.
+        let ptr = unsafe { libc::mremap(self.ptr.cast(), self.cap, cap, libc::MREMAP_MAYMOVE) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        (self.ptr, self.cap) = (ptr.cast(), cap);
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for MappedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes of the mapping were written by `read`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for MappedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmaps this value's own mapping, once; nothing borrows it any more.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.cap);
+        }
+    }
+}
+
 /// Returns the heaps' free pages to the system (after a plugin load, which allocates and frees
 /// a few MiB).
 pub fn release_free_memory() {
@@ -263,5 +340,28 @@ mod idle_trim_tests {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(TRIMS.load(Ordering::SeqCst), 2, "trimmed after the long call ended");
+    }
+}
+
+#[cfg(test)]
+mod mapped_read_tests {
+    use std::io::Write;
+
+    #[test]
+    fn reads_whole_files_whatever_the_size_hint() {
+        let dir = std::env::temp_dir().join(format!("agent-host-mapped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (len, hint) in [(0usize, 0u64), (1, 1), (5000, 5000), (5000, 10), (3 * 4096 + 7, 0), (100_000, 200_000)] {
+            let path = dir.join(format!("f{len}-{hint}"));
+            let content: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            std::fs::File::create(&path).unwrap().write_all(&content).unwrap();
+            let bytes = super::read_into_own_mapping(&mut std::fs::File::open(&path).unwrap(), hint).unwrap();
+            assert_eq!(&bytes[..], &content[..], "len {len}, hint {hint}");
+            // Slices outlive the handle they came from; the mapping goes with the last one.
+            let tail = bytes.slice(len / 2..);
+            drop(bytes);
+            assert_eq!(&tail[..], &content[len / 2..]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -173,11 +173,11 @@ pub fn read_plugin_file(path: &Path, policy: &FilePolicy) -> Result<PluginFile, 
             policy.check_dir(real_dir)?;
         }
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes).map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))?;
+    let bytes =
+        crate::memory::read_into_own_mapping(&mut file, meta.len()).map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))?;
     let sha256 = hex(&Sha256::digest(&bytes));
     let signature = if policy.read_signature { read_signature(&signature_path(path))? } else { None };
-    Ok(PluginFile { source: path.to_path_buf(), bytes: bytes.into(), sha256, signature })
+    Ok(PluginFile { source: path.to_path_buf(), bytes, sha256, signature })
 }
 
 /// `<file>.minisig`.
