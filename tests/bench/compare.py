@@ -2,6 +2,9 @@
 """Side-by-side benchmark: agent-host (echo plugin) vs flytekit's `pyflyte serve connector`
 (tests/bench/flytekit_echo.py) vs a floor server that answers the same paths with no work
 (tests/src/bin/bench_floor.rs). Run through tests/bench/compare.sh, which builds and sets up.
+With --noop-dir, a second agent-host serves the same task types with the noop plugin
+(tests/fixtures/noop: agents that answer without reading the request): the host and the SDK
+without an agent's own work.
 
 One run starts the three servers pinned to one core (taskset -c SERVER_CPU) and drives each in
 turn with the same load generator, h2load over h2c on loopback, pinned to another core
@@ -48,7 +51,7 @@ PATHS = {
     "CreateTask 1MiB": V1_ASYNC + "CreateTask",
 }
 KINDS = list(PATHS)
-SERVERS = ["floor", "agent-host", "flytekit"]
+SERVERS = ["floor", "agent-host", "agent-host-noop", "flytekit"]
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", 64 << 20),
@@ -345,10 +348,15 @@ def start_servers(args, workdir, bodies, servers):
     host = Server("agent-host", cpu + [args.host_bin, "serve", "--config", str(conf)], workdir)
     servers["agent-host"] = host
     host.wait_listening()
+    if args.noop_dir and "agent-host-noop" in args.servers:
+        noop_conf = Path(workdir) / "noop.toml"
+        noop_conf.write_text(conf.read_text().replace(args.plugin_dir, args.noop_dir).replace("host-work", "noop-work"))
+        servers["agent-host-noop"] = Server("agent-host-noop", cpu + [args.host_bin, "serve", "--config", str(noop_conf)], workdir)
+        servers["agent-host-noop"].wait_listening()
     answers_dir = Path(workdir) / "floor-answers"
     answers_dir.mkdir(exist_ok=True)
 
-    py_servers = ["agent-host"] + (["flytekit"] if "flytekit" in args.servers else [])
+    py_servers = [n for n in ("agent-host", "agent-host-noop") if n in servers] + (["flytekit"] if "flytekit" in args.servers else [])
     flytekit_port, prom_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     fk = None if "flytekit" not in args.servers else Server("flytekit", cpu + [args.pyflyte, "serve", "connector", "--port", str(flytekit_port), "--prometheus_port",
@@ -418,6 +426,8 @@ def one_run(args, run, bodies):
                 for name in SERVERS:
                     if name not in args.servers or name not in servers:
                         continue
+                    if name == "agent-host-noop" and "1MiB" in kind:
+                        continue  # its answer is tiny, the floor's is echo's 1.4 MB: no comparison
                     key = "GetTask@" + name if kind == "GetTask" else kind
                     r = measure(args, servers[name], kind, streams, files[key], len(answers[name][kind]), workdir)
                     r["run"] = run
@@ -427,6 +437,10 @@ def one_run(args, run, bodies):
         for name, s in servers.items():
             info[name]["peak_rss"] = memory(s.proc.pid)[1]
             info[name]["rss_after_load"] = memory(s.proc.pid)[0]
+        # agent-host gives its heaps' free pages back once calls stop (2 s without a call).
+        time.sleep(5)
+        for name, s in servers.items():
+            info[name]["rss_5s_after"] = memory(s.proc.pid)[0]
     finally:
         for s in servers.values():
             s.stop()
@@ -493,14 +507,16 @@ def table(rows, infos, startup):
                     fmt(med(cell(name, "p50_ms")), "%.3f"), fmt(med(cell(name, "p99_ms")), "%.3f"), fmt(pf, "%.2f"),
                     fmt(med(cell(name, "cpu_s_per_10k")), "%.2f"), sum(cell(name, "bad"))))
     out.append("")
-    out.append("| server | start-up to first ListAgents (ms) | idle RSS (MiB) | RSS after the load (MiB) | peak RSS (MiB) |")
-    out.append("|---|---:|---:|---:|---:|")
+    out.append("| server | start-up to first ListAgents (ms) | idle RSS (MiB) | RSS after the load (MiB) | 5 s later (MiB) | peak RSS (MiB) |")
+    out.append("|---|---:|---:|---:|---:|---:|")
     mib = lambda v: None if v is None else v / 1048576
     for name in SERVERS:
-        get = lambda f: med([i[name].get(f) for i in infos if name in i])
-        out.append("| %s | %s | %s | %s | %s |" % (name, fmt(None if get("startup_s") is None else get("startup_s") * 1000, "%.0f"),
-                                                  fmt(mib(get("idle_rss")), "%.1f"), fmt(mib(get("rss_after_load")), "%.1f"),
-                                                  fmt(mib(get("peak_rss")), "%.1f")))
+        if not any(name in i for i in infos):
+            continue
+        get = lambda f: med([i[name].get(f) for i in infos if name in i and i[name].get(f) is not None])
+        out.append("| %s | %s | %s | %s | %s | %s |" % (name, fmt(None if get("startup_s") is None else get("startup_s") * 1000, "%.0f"),
+                                                       fmt(mib(get("idle_rss")), "%.1f"), fmt(mib(get("rss_after_load")), "%.1f"),
+                                                       fmt(mib(get("rss_5s_after")), "%.1f"), fmt(mib(get("peak_rss")), "%.1f")))
     for cpus, (times, agents, rss) in (startup or {}).items():
         out.append("")
         out.append("agent-host start-up with %d agents (%s), on CPU %s: median %.1f ms, runs %s; idle RSS then: median %.1f MiB" % (
@@ -513,6 +529,7 @@ def main():
     ap.add_argument("--host-bin", required=True)
     ap.add_argument("--floor-bin", required=True)
     ap.add_argument("--plugin-dir", required=True, help="directory with the echo plugin")
+    ap.add_argument("--noop-dir", help="directory with the noop plugin (for the agent-host-noop server)")
     ap.add_argument("--pyflyte", required=True)
     ap.add_argument("--startup-dir", help="a directory of 5 plugins for the start-up measurement")
     ap.add_argument("--startup-agents", type=int, default=0, help="agents ListAgents must list at start-up")
@@ -528,7 +545,7 @@ def main():
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--out", default="bench-compare")
     args = ap.parse_args()
-    for f in ("host_bin", "floor_bin", "plugin_dir", "pyflyte", "startup_dir"):
+    for f in ("host_bin", "floor_bin", "plugin_dir", "noop_dir", "pyflyte", "startup_dir"):
         if getattr(args, f):
             setattr(args, f, str(Path(getattr(args, f)).absolute()))
 

@@ -18,12 +18,16 @@ mkdir -p "$out"
 bash tests/bench/setup.sh >&2
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --locked -p agent-host -p agent-host-tests --bin agent-host --bin bench-floor
-    cargo build --release --locked -p echo-plugin -p webhook-plugin -p sensor-plugin -p rest-job-plugin -p chat-plugin
+    cargo build --release --locked -p echo-plugin -p webhook-plugin -p sensor-plugin -p rest-job-plugin -p chat-plugin -p fixture-noop
 fi
 
 # The echo plugin alone, for the load.
 rm -rf "$out/echo-dir" && mkdir -p "$out/echo-dir"
 strip -o "$out/echo-dir/echo.so" "$target/libecho_plugin.so"
+
+# The noop plugin (echo's task types, agents that do no work): the host and the SDK alone.
+rm -rf "$out/noop-dir" && mkdir -p "$out/noop-dir"
+strip -o "$out/noop-dir/noop.so" "$target/libfixture_noop.so"
 
 # The five example plugins of plugins/ (echo, webhook, sensor, rest-job, chat) for the start-up
 # and the idle RSS with the example plugins loaded (each must pass `agent-host check`).
@@ -45,6 +49,6 @@ echo "start-up directory: $(ls "$out/five" | tr '\n' ' ')($n plugins, $agents ag
 
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 exec "$repo/.venv-bench/bin/python" tests/bench/compare.py \
-    --host-bin "$target/agent-host" --floor-bin "$target/bench-floor" --plugin-dir "$out/echo-dir" \
+    --host-bin "$target/agent-host" --floor-bin "$target/bench-floor" --plugin-dir "$out/echo-dir" --noop-dir "$out/noop-dir" \
     --pyflyte "$repo/.venv-bench/bin/pyflyte" --startup-dir "$out/five" --startup-agents "$agents" \
     --out "${OUT:-$out/compare}" "$@"
