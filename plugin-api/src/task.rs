@@ -141,11 +141,13 @@ pub(crate) enum InputsWire {
 
 /// One part of a request (the template, the inputs, the execution metadata): the bytes as
 /// they came, decoded the first time the agent reads the part. A part built in Rust (tests,
-/// builders) is held decoded from the start.
+/// builders) is held decoded from the start. Decoded values are boxed: a request moves into
+/// and through the agent's future, and a template and metadata held inline would make every
+/// move a copy of 2 KiB.
 #[derive(Clone, Default)]
 struct Part<T> {
     raw: Bytes,
-    decoded: OnceLock<Result<T, String>>,
+    decoded: OnceLock<Result<Box<T>, String>>,
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Part<T> {
@@ -165,8 +167,9 @@ impl<T: Default> Part<T> {
 
     fn get(&self, what: &str, decode: impl FnOnce(Bytes) -> Result<T, prost::DecodeError>) -> Result<&T, AgentError> {
         self.decoded
-            .get_or_init(|| decode(self.raw.clone()).map_err(|e| e.to_string()))
+            .get_or_init(|| decode(self.raw.clone()).map(Box::new).map_err(|e| e.to_string()))
             .as_ref()
+            .map(|b| &**b)
             .map_err(|e| AgentError::invalid(format!("the task's {what} does not decode: {e}")))
     }
 
@@ -174,7 +177,7 @@ impl<T: Default> Part<T> {
     fn make_mut(&mut self, decode: impl FnOnce(Bytes) -> Result<T, prost::DecodeError>) -> &mut T {
         if self.decoded.get().is_none_or(|r| r.is_err()) {
             let value = decode(std::mem::take(&mut self.raw)).unwrap_or_default();
-            self.decoded = OnceLock::from(Ok(value));
+            self.decoded = OnceLock::from(Ok(Box::new(value)));
         }
         self.raw = Bytes::new();
         match self.decoded.get_mut() {
@@ -185,7 +188,7 @@ impl<T: Default> Part<T> {
 
     fn into_inner(self, what: &str, decode: impl FnOnce(Bytes) -> Result<T, prost::DecodeError>) -> Result<T, AgentError> {
         let result = match self.decoded.into_inner() {
-            Some(r) => r,
+            Some(r) => r.map(|b| *b),
             None => decode(self.raw).map_err(|e| e.to_string()),
         };
         result.map_err(|e| AgentError::invalid(format!("the task's {what} does not decode: {e}")))
