@@ -348,25 +348,25 @@ def start_servers(args, workdir, bodies, servers):
     host = Server("agent-host", cpu + [args.host_bin, "serve", "--config", str(conf)], workdir)
     servers["agent-host"] = host
     host.wait_listening()
-    if args.noop_dir and "agent-host-noop" in args.servers:
-        noop_conf = Path(workdir) / "noop.toml"
-        noop_conf.write_text(conf.read_text().replace(args.plugin_dir, args.noop_dir).replace("host-work", "noop-work"))
-        servers["agent-host-noop"] = Server("agent-host-noop", cpu + [args.host_bin, "serve", "--config", str(noop_conf)], workdir)
-        servers["agent-host-noop"].wait_listening()
     answers_dir = Path(workdir) / "floor-answers"
     answers_dir.mkdir(exist_ok=True)
 
-    py_servers = [n for n in ("agent-host", "agent-host-noop") if n in servers] + (["flytekit"] if "flytekit" in args.servers else [])
+    noop = bool(args.noop_dir) and "agent-host-noop" in args.servers
+    py_servers = ["agent-host"] + (["agent-host-noop"] if noop else []) + (["flytekit"] if "flytekit" in args.servers else [])
     flytekit_port, prom_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    fk = None if "flytekit" not in args.servers else Server("flytekit", cpu + [args.pyflyte, "serve", "connector", "--port", str(flytekit_port), "--prometheus_port",
-                                   str(prom_port), "--modules", "flytekit_echo"], workdir, env=env,
-                addr="127.0.0.1:%d" % flytekit_port, metrics="127.0.0.1:%d" % prom_port)
-    if fk:
-        servers["flytekit"] = fk
-
     info = {}
     for name in py_servers:
+        # Each server is started only when the one before is measured, so that no start-up is
+        # measured while another server starts on the same core.
+        if name == "flytekit":
+            servers[name] = Server("flytekit", cpu + [args.pyflyte, "serve", "connector", "--port", str(flytekit_port), "--prometheus_port",
+                                   str(prom_port), "--modules", "flytekit_echo"], workdir, env=env,
+                                   addr="127.0.0.1:%d" % flytekit_port, metrics="127.0.0.1:%d" % prom_port)
+        if name == "agent-host-noop":
+            noop_conf = Path(workdir) / "noop.toml"
+            noop_conf.write_text(conf.read_text().replace(args.plugin_dir, args.noop_dir).replace("host-work", "noop-work"))
+            servers[name] = Server(name, cpu + [args.host_bin, "serve", "--config", str(noop_conf)], workdir)
         s = servers[name]
         info[name] = {"startup_s": first_answer(s, 2)[0]}
         time.sleep(1.0)
