@@ -25,9 +25,13 @@ fi
 rm -rf "$out/echo-dir" && mkdir -p "$out/echo-dir"
 strip -o "$out/echo-dir/echo.so" "$target/libecho_plugin.so"
 
-# The noop plugin (echo's task types, agents that do no work): the host and the SDK alone.
-rm -rf "$out/noop-dir" && mkdir -p "$out/noop-dir"
-strip -o "$out/noop-dir/noop.so" "$target/libfixture_noop.so"
+# The noop plugin (echo's task types, agents that do no work): the host and the SDK alone. It
+# serves echo's task types, so it is moved out of target/release, the README's plugin directory.
+if [[ -f "$target/libfixture_noop.so" ]]; then
+    mkdir -p "$out/noop-dir"
+    strip -o "$out/noop-dir/noop.so" "$target/libfixture_noop.so"
+    rm -f "$target/libfixture_noop.so"
+fi
 
 # The five example plugins of plugins/ (echo, webhook, sensor, rest-job, chat) for the start-up
 # and the idle RSS with the example plugins loaded (each must pass `agent-host check`).
