@@ -94,9 +94,7 @@ fn job_failure(e: AgentError) -> Result<Resource, AgentError> {
 /// A finished resource kept in the resource meta (a sync agent's result, or a failure found
 /// by an async agent's `create`).
 fn store(resource: Resource) -> Vec<u8> {
-    let mut stored = STORED_RESULT.to_vec();
-    resource_v2(resource).encode(&mut stored).expect("a Vec grows as needed");
-    stored
+    crate::encode::resource_v2_after(STORED_RESULT, &resource)
 }
 
 /// The stored resource in `meta`, if it is one.
@@ -109,7 +107,7 @@ fn stored(meta: &[u8]) -> Option<Result<Resource, AgentError>> {
     )
 }
 
-fn state_of(phase: Phase) -> admin::State {
+pub(crate) fn state_of(phase: Phase) -> admin::State {
     match phase {
         Phase::Queued | Phase::Initializing | Phase::WaitingForResources => admin::State::Pending,
         Phase::Running => admin::State::Running,
@@ -119,8 +117,10 @@ fn state_of(phase: Phase) -> admin::State {
     }
 }
 
-/// A resource as Flyte 1's `Resource`.
-fn resource_v1(r: Resource) -> admin::Resource {
+/// A resource as Flyte 1's `Resource` (the reference for [`crate::encode`], which writes the
+/// answers).
+#[cfg(test)]
+pub(crate) fn resource_v1(r: Resource) -> admin::Resource {
     admin::Resource {
         // Mirrored for clients older than `phase` (propeller reads it when phase is UNDEFINED).
         #[allow(deprecated)]
@@ -134,9 +134,10 @@ fn resource_v1(r: Resource) -> admin::Resource {
     }
 }
 
-/// A resource as Flyte 2's `Resource`; outputs keep their order. Also the stored form of a
-/// sync agent's result.
-fn resource_v2(r: Resource) -> wire::ResourceV2 {
+/// A resource as Flyte 2's `Resource`; outputs keep their order (the reference for
+/// [`crate::encode`], which writes the answers and the stored form of a sync agent's result).
+#[cfg(test)]
+pub(crate) fn resource_v2(r: Resource) -> wire::ResourceV2 {
     wire::ResourceV2 {
         outputs: r.outputs.map(|o| wire::NamedLiterals {
             literals: o.into_vec().into_iter().map(|(name, value)| wire::NamedLiteral { name, value: Some(value) }).collect(),
@@ -174,16 +175,14 @@ pub(crate) fn from_v1(r: admin::Resource) -> Resource {
     resource_from(r.phase, r.message, r.outputs.map(Literals::from), r.log_links, r.custom_info)
 }
 
+#[cfg(test)]
 fn custom_info(info: std::collections::BTreeMap<String, serde_json::Value>) -> Option<prost_types::Struct> {
     // Keys moved, not copied; the same Struct as `json::json_to_struct` of the object.
     (!info.is_empty()).then(|| prost_types::Struct { fields: info.into_iter().map(|(k, v)| (k, json::json_to_value(&v))).collect() })
 }
 
 fn encode_get(protocol: Protocol, r: Resource) -> Vec<u8> {
-    match protocol {
-        Protocol::V1 => admin::GetTaskResponse { resource: Some(resource_v1(r)) }.encode_to_vec(),
-        Protocol::V2 => wire::GetResponseV2 { resource: Some(resource_v2(r)) }.encode_to_vec(),
-    }
+    crate::encode::get_response(&r, protocol)
 }
 
 fn encode_create(meta: Vec<u8>) -> Vec<u8> {
@@ -289,9 +288,7 @@ impl<S: SyncAgent> Dispatch for SyncAdapter<S> {
             match method {
                 method::V1_EXECUTE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
-                    let resource = resource_v1(self.execute(&ctx, task).await?);
-                    let header = admin::ExecuteTaskSyncResponseHeader { resource: Some(resource) };
-                    Ok(admin::ExecuteTaskSyncResponse { res: Some(admin::execute_task_sync_response::Res::Header(header)) }.encode_to_vec())
+                    Ok(crate::encode::execute_response(&self.execute(&ctx, task).await?))
                 }
                 method::V1_CREATE | method::V2_CREATE => {
                     let (ctx, task) = task_request(&shared, method, request)?;

@@ -55,6 +55,7 @@ mod agent;
 mod context;
 mod custom;
 mod dispatch;
+mod encode;
 mod error;
 mod export;
 mod ffi;

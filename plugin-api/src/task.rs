@@ -103,10 +103,12 @@ impl Literals {
     }
 
     /// [`Literals::to_literal_map`] without the copy.
+    #[cfg(test)]
     pub(crate) fn into_literal_map(self) -> LiteralMap {
         LiteralMap { literals: self.0.into_iter().collect() }
     }
 
+    #[cfg(test)]
     pub(crate) fn into_vec(self) -> Vec<(String, Literal)> {
         self.0
     }
