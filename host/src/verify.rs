@@ -173,9 +173,10 @@ pub fn read_plugin_file(path: &Path, policy: &FilePolicy) -> Result<PluginFile, 
             policy.check_dir(real_dir)?;
         }
     }
-    let bytes =
-        crate::memory::read_into_own_mapping(&mut file, meta.len()).map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let mut hasher = Sha256::new();
+    let bytes = crate::memory::read_into_own_mapping(&mut file, meta.len(), |piece| hasher.update(piece))
+        .map_err(|e| LoadError::Read(format!("{}: {e}", path.display())))?;
+    let sha256 = hex(&hasher.finalize());
     let signature = if policy.read_signature { read_signature(&signature_path(path))? } else { None };
     Ok(PluginFile { source: path.to_path_buf(), bytes, sha256, signature })
 }
