@@ -538,15 +538,6 @@ impl Loader {
             .map_err(|_| LoadError::CheckTimeout(self.settings.check_timeout))?
             .map_err(|e| LoadError::Checker(format!("{}: {e}", self.settings.check_exe.display())))?;
         if out.status.success() {
-            // A thread of the plugin (its runtime's workers) can panic while init or shutdown
-            // still return: a corrupt file whose scheduler breaks as it stops. The child
-            // survives that by luck of timing; the host, whose plugin threads live on, need
-            // not (the mutated-file fuzz test crashed on such a file one run in two).
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if let Some(at) = stderr.find("panicked at") {
-                let line = stderr[..at].rfind('\n').map_or(0, |i| i + 1);
-                return Err(LoadError::Crashed(format!("a thread of the plugin panicked: {}", summarize(&stderr[line..]))));
-            }
             return Ok(());
         }
         {
