@@ -26,7 +26,7 @@ use tonic::{
 use crate::{
     error::RpcError,
     rpc::{service, Kind, Rpc},
-    service::Service,
+    service::{ActiveCall, Service},
 };
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -160,49 +160,79 @@ impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteServic
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let rpc = Rpc::from_path(req.uri().path()).filter(|r| req.uri().path()[1..].starts_with(N::NAME) && r.abi_or_meta());
-        let service = self.service.clone();
-        let limits = self.limits;
-        Box::pin(async move {
-            let Some(rpc) = rpc else {
-                return Ok(Status::unimplemented(format!("method {} not found", req.uri().path())).into_http());
-            };
-            if service.drain.is_draining() {
-                return Ok(RpcError::Draining.into_status().into_http());
+        let path = req.uri().path();
+        let rpc = Rpc::from_path(path).filter(|r| path[1..].starts_with(N::NAME) && r.abi_or_meta());
+        let Some(rpc) = rpc else {
+            let refused = Status::unimplemented(format!("method {path} not found")).into_http();
+            return Box::pin(std::future::ready(Ok(refused)));
+        };
+        if self.service.drain.is_draining() {
+            return Box::pin(std::future::ready(Ok(RpcError::Draining.into_status().into_http())));
+        }
+        let active = self.service.begin();
+        let (service, limit) = (self.service.clone(), self.limits.max_message_bytes);
+        let grpc = move || Grpc::new(RawCodec).max_decoding_message_size(limit).max_encoding_message_size(limit);
+        // One future per kind, each boxed once with the limits around it: no enum of the three
+        // kinds' states, and no layer of combinators moving the call's state again.
+        let cap = self.limits.call_timeout;
+        match rpc.kind() {
+            Kind::Unary => Box::pin(Limited::new(async move { grpc().unary(Unary { service, rpc }, req).await }, cap, active)),
+            Kind::ServerStream => {
+                Box::pin(Limited::new(async move { grpc().server_streaming(Logs { service, rpc }, req).await }, cap, active))
             }
-            let _active = service.begin();
-            let drain = service.drain.clone();
-            let limit = limits.max_message_bytes;
-            let mut grpc = Grpc::new(RawCodec).max_decoding_message_size(limit).max_encoding_message_size(limit);
-            let call = async {
-                match rpc.kind() {
-                    Kind::Unary => grpc.unary(Unary { service, rpc }, req).await,
-                    Kind::ServerStream => grpc.server_streaming(Logs { service, rpc }, req).await,
-                    Kind::Bidi => grpc.streaming(Execute { service }, req).await,
-                }
-            };
-            // Dropping the call (timeout, end of the shutdown grace) cancels the plugin's task.
-            let capped = async {
-                match limits.call_timeout {
-                    Some(cap) => tokio::time::timeout(cap, call).await.unwrap_or_else(|_| {
-                        Status::deadline_exceeded(format!(
-                            "the call ran past the server's limit of {} ms (server.call_timeout_ms)",
-                            cap.as_millis()
-                        ))
-                        .into_http()
-                    }),
-                    None => call.await,
-                }
-            };
-            // `biased`: the call first, so a call that is done at its first poll never registers
-            // with the drain signal.
-            let response = tokio::select! {
-                biased;
-                r = capped => r,
-                () = drain.stopped() => RpcError::Draining.into_status().into_http(),
-            };
-            Ok(fix_size_response(response))
-        })
+            Kind::Bidi => Box::pin(Limited::new(async move { grpc().streaming(Execute { service }, req).await }, cap, active)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call with the server's limits around it: the cap on its duration
+    /// (`server.call_timeout_ms`) and the end of the shutdown grace period. Dropping the call
+    /// (either limit) cancels the plugin's task.
+    ///
+    /// The call is polled first (it is `biased`, as `tokio::select!` would say): one answered at
+    /// its first poll, the usual case for a nonblocking agent, never reads the clock, registers
+    /// no timer and no drain waiter. Both are set up at the call's first wait.
+    struct Limited<F> {
+        #[pin]
+        call: F,
+        cap: Option<std::time::Duration>,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        stopped: Option<BoxFuture<()>>,
+        active: ActiveCall,
+    }
+}
+
+impl<F> Limited<F> {
+    fn new(call: F, cap: Option<std::time::Duration>, active: ActiveCall) -> Self {
+        Limited { call, cap, deadline: None, stopped: None, active }
+    }
+}
+
+impl<F: Future<Output = http::Response<Body>>> Future for Limited<F> {
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(response) = this.call.poll(cx) {
+            return Poll::Ready(Ok(fix_size_response(response)));
+        }
+        if this.stopped.is_none() {
+            // The call's first wait.
+            *this.deadline = this.cap.map(|cap| Box::pin(tokio::time::sleep(cap)));
+            *this.stopped = Some(Box::pin(this.active.service().drain.stopped()));
+        }
+        if let Some(deadline) = this.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                let cap = this.cap.unwrap_or_default().as_millis();
+                let message = format!("the call ran past the server's limit of {cap} ms (server.call_timeout_ms)");
+                return Poll::Ready(Ok(Status::deadline_exceeded(message).into_http()));
+            }
+        }
+        if this.stopped.as_mut().is_some_and(|stopped| stopped.as_mut().poll(cx).is_ready()) {
+            return Poll::Ready(Ok(RpcError::Draining.into_status().into_http()));
+        }
+        Poll::Pending
     }
 }
 

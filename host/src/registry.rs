@@ -8,14 +8,16 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 
-use crate::{plugin::PluginVersion, route::TaskKey};
+use crate::plugin::PluginVersion;
 
 /// One registry version.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Serving plugins, in load order (ListAgents lists them in this order).
     pub plugins: Vec<Arc<PluginVersion>>,
-    routes: HashMap<TaskKey, (usize, u32)>,
+    /// By task type name: each version served, with its plugin (index) and agent. Keyed by the
+    /// name alone so a request's task type, a slice of its bytes, is looked up without a copy.
+    routes: HashMap<String, Vec<(i32, usize, u32)>>,
     /// The encoded ListAgents and ListConnectors answers for this snapshot, made by the first
     /// call that needs them (propeller lists the agents every few seconds per instance).
     pub(crate) list_v1: std::sync::OnceLock<bytes::Bytes>,
@@ -24,12 +26,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn from_plugins(plugins: Vec<Arc<PluginVersion>>) -> Result<Snapshot, String> {
-        let mut routes = HashMap::new();
+        let mut routes: HashMap<String, Vec<(i32, usize, u32)>> = HashMap::new();
         for (pi, p) in plugins.iter().enumerate() {
             for (ai, a) in p.agents().iter().enumerate() {
                 for c in &a.categories {
-                    let key = TaskKey { name: c.name.clone(), version: c.version };
-                    if let Some((other, _)) = routes.insert(key, (pi, ai as u32)) {
+                    let versions = routes.entry(c.name.clone()).or_default();
+                    if let Some(&(_, other, _)) = versions.iter().find(|(v, ..)| *v == c.version) {
                         let o: &Arc<PluginVersion> = &plugins[other];
                         return Err(format!(
                             "task type {} v{} is already served by plugin {} {} ({})",
@@ -40,6 +42,7 @@ impl Snapshot {
                             o.source.display()
                         ));
                     }
+                    versions.push((c.version, pi, ai as u32));
                 }
             }
         }
@@ -64,8 +67,9 @@ impl Snapshot {
     }
 
     /// The plugin version and agent index serving `key`.
-    pub fn route(&self, key: &TaskKey) -> Option<(Arc<PluginVersion>, u32)> {
-        self.routes.get(key).map(|&(p, a)| (self.plugins[p].clone(), a))
+    pub fn route(&self, name: &str, version: i32) -> Option<(Arc<PluginVersion>, u32)> {
+        let versions = self.routes.get(name)?;
+        versions.iter().find(|(v, ..)| *v == version).map(|&(_, p, a)| (self.plugins[p].clone(), a))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::{
     metrics::Metrics,
     plugin::{PluginStream, PluginVersion},
     registry::{Registry, Snapshot},
-    route::{self, TaskKey},
+    route::{self, Routed},
     rpc::Rpc,
     shutdown::Drain,
 };
@@ -40,18 +40,25 @@ pub struct Service {
 #[derive(Debug)]
 pub struct ActiveCall(Arc<Service>);
 
+impl ActiveCall {
+    /// The service the call runs in.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.0
+    }
+}
+
 impl Drop for ActiveCall {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
-fn plugin_error(plugin: &PluginVersion, rpc: Rpc, key: &TaskKey, error: PluginError) -> RpcError {
+fn plugin_error(plugin: &PluginVersion, rpc: Rpc, task_type: &str, error: PluginError) -> RpcError {
     RpcError::Plugin(Box::new(PluginFailure {
         plugin: plugin.name().to_string(),
         version: plugin.version().to_string(),
         operation: rpc.operation(),
-        task_type: key.name.clone(),
+        task_type: task_type.to_string(),
         error,
     }))
 }
@@ -109,16 +116,16 @@ impl Service {
     }
 
     /// Finds the agent for a routed request.
-    fn route(&self, rpc: Rpc, body: &Bytes) -> Result<(route::Routed, Arc<PluginVersion>, u32), RpcError> {
+    fn route(&self, rpc: Rpc, body: &Bytes) -> Result<(Routed, Arc<PluginVersion>, u32), RpcError> {
         let routed = route::task_key(rpc, body)?;
-        match self.registry.snapshot().route(&routed.key) {
+        match self.registry.snapshot().route(routed.name(), routed.version) {
             Some((plugin, agent)) => Ok((routed, plugin, agent)),
-            None => Err(RpcError::UnknownTaskType(routed.key.name)),
+            None => Err(RpcError::UnknownTaskType(routed.name().to_string())),
         }
     }
 
     /// Calls the agent within its concurrency limit, counting panics.
-    async fn invoke(&self, plugin: &Arc<PluginVersion>, agent: u32, rpc: Rpc, key: &TaskKey, body: Bytes) -> Result<Bytes, RpcError> {
+    async fn invoke(&self, plugin: &Arc<PluginVersion>, agent: u32, rpc: Rpc, task_type: &str, body: Bytes) -> Result<Bytes, RpcError> {
         let Some(_slot) = plugin.enter(agent, self.max_calls_per_agent) else {
             self.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(RpcError::Overloaded(format!(
@@ -134,31 +141,32 @@ impl Service {
             if e.code == agent_plugin_abi::ERR_PANIC {
                 self.metrics.panicked(plugin.name());
             }
-            plugin_error(plugin, rpc, key, e)
+            plugin_error(plugin, rpc, task_type, e)
         })
     }
 
     /// A routed unary RPC, with flytekit's request metrics.
     async fn routed(&self, rpc: Rpc, body: Bytes) -> Result<Bytes, RpcError> {
         let started = Instant::now();
-        let (task_type, result) = match route::task_key(rpc, &body) {
-            Err(e) => (String::new(), Err(e)),
+        let (routed, result) = match route::task_key(rpc, &body) {
+            Err(e) => (None, Err(e)),
             Ok(routed) => {
-                let found = self.registry.snapshot().route(&routed.key);
-                match found {
-                    None => (routed.key.name.clone(), Err(RpcError::UnknownTaskType(routed.key.name))),
+                let name = routed.name();
+                let result = match self.registry.snapshot().route(name, routed.version) {
+                    None => Err(RpcError::UnknownTaskType(name.to_string())),
                     Some((plugin, agent)) => {
                         if let Some(n) = routed.inputs_len {
-                            self.metrics.input_bytes(&routed.key.name, n);
+                            self.metrics.input_bytes(name, n);
                         }
-                        let r = self.invoke(&plugin, agent, rpc, &routed.key, body).await;
-                        (routed.key.name, r)
+                        self.invoke(&plugin, agent, rpc, name, body).await
                     }
-                }
+                };
+                (Some(routed), result)
             }
         };
+        let task_type = routed.as_ref().map_or("", Routed::name);
         if let Some(op) = rpc.flytekit_operation() {
-            self.metrics.request(&task_type, op, started.elapsed(), result.as_ref().err().map(RpcError::metric_code));
+            self.metrics.request(task_type, op, started.elapsed(), result.as_ref().err().map(RpcError::metric_code));
         }
         result
     }
@@ -199,7 +207,7 @@ impl Service {
     pub async fn open_stream(&self, rpc: Rpc, body: Bytes) -> Result<(Arc<PluginVersion>, PluginStream), RpcError> {
         let (routed, plugin, agent) = self.route(rpc, &body)?;
         let method = rpc.abi_method().expect("routed RPCs have an ABI method");
-        let stream = plugin.open_stream(agent, method, body).await.map_err(|e| plugin_error(&plugin, rpc, &routed.key, e))?;
+        let stream = plugin.open_stream(agent, method, body).await.map_err(|e| plugin_error(&plugin, rpc, routed.name(), e))?;
         Ok((plugin, stream))
     }
 
@@ -210,7 +218,7 @@ impl Service {
         let started = Instant::now();
         let invalid = |m: &str| RpcError::InvalidRequest(m.to_string());
         let undecodable = |e: String| invalid(&format!("ExecuteTaskSync request does not decode: {e}"));
-        let mut task_type = String::new();
+        let mut routed_as: Option<Routed> = None;
         let result: Result<Bytes, Status> = async {
             let first = incoming
                 .message()
@@ -220,10 +228,10 @@ impl Service {
             let header = route::field_bytes(&first, 1)
                 .map_err(undecodable)?
                 .ok_or_else(|| invalid("ExecuteTaskSync: the first message must be the header"))?;
-            let routed = route::task_key(rpc, &header)?;
-            task_type = routed.key.name.clone();
+            let routed = routed_as.insert(route::task_key(rpc, &header)?);
+            let name = routed.name();
             let (plugin, agent) =
-                self.registry.snapshot().route(&routed.key).ok_or_else(|| RpcError::UnknownTaskType(routed.key.name.clone()))?;
+                self.registry.snapshot().route(name, routed.version).ok_or_else(|| RpcError::UnknownTaskType(name.to_string()))?;
             let second = incoming
                 .message()
                 .await
@@ -232,13 +240,13 @@ impl Service {
             let inputs = route::field_bytes(&second, 2)
                 .map_err(undecodable)?
                 .ok_or_else(|| invalid("ExecuteTaskSync: the second message must be the inputs"))?;
-            self.metrics.input_bytes(&routed.key.name, inputs.len());
+            self.metrics.input_bytes(name, inputs.len());
             let request = Bytes::from(route::execute_request(&header, &inputs));
-            Ok(self.invoke(&plugin, agent, rpc, &routed.key, request).await?)
+            Ok(self.invoke(&plugin, agent, rpc, name, request).await?)
         }
         .await;
         let code = result.as_ref().err().map(|s| if s.code() == tonic::Code::NotFound { "404" } else { "500" });
-        self.metrics.request(&task_type, "do", started.elapsed(), code);
+        self.metrics.request(routed_as.as_ref().map_or("", Routed::name), "do", started.elapsed(), code);
         result
     }
 }

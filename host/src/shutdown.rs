@@ -52,8 +52,9 @@ impl Drain {
     }
 
     /// Completes when the grace period is over (never, if the [`Shutdown`] is gone).
-    pub async fn stopped(&self) {
-        wait(self.hard.clone()).await
+    /// The future owns its own receiver: it may outlive this `Drain`.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        wait(self.hard.clone())
     }
 }
 

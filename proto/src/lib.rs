@@ -20,3 +20,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// The protobuf well-known types the generated messages use (`Struct`, `Timestamp`,
 /// `Duration`…), re-exported so that users of these messages can name them.
 pub use prost_types;
+
+pub mod walk;
