@@ -36,6 +36,10 @@ fn protocol_of(method: u32) -> Protocol {
     }
 }
 
+fn read<T>(read: Result<T, String>, what: &str) -> Result<T, AgentError> {
+    read.map_err(|e| AgentError::invalid(format!("{what} does not decode: {e}")))
+}
+
 fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, AgentError> {
     M::decode(bytes).map_err(|e| AgentError::invalid(format!("{what} does not decode: {e}")))
 }
@@ -46,7 +50,7 @@ fn task_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Co
     use crate::task::InputsWire;
     match method {
         method::V1_CREATE | method::V2_CREATE => {
-            let r: wire::CreateParts = decode(request, "CreateTaskRequest")?;
+            let r = read(wire::CreateParts::read(&request), "CreateTaskRequest")?;
             let (protocol, inputs_wire) = match method {
                 method::V1_CREATE => (Protocol::V1, InputsWire::Map),
                 _ => (Protocol::V2, InputsWire::List),
@@ -58,8 +62,8 @@ fn task_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Co
             Ok((ctx, task))
         }
         method::V1_EXECUTE => {
-            let r: wire::ExecuteParts = decode(request, "ExecuteTaskSync request")?;
-            let header: wire::HeaderParts = decode(r.header, "ExecuteTaskSync header")?;
+            let r = read(wire::ExecuteParts::read(&request), "ExecuteTaskSync request")?;
+            let header = read(wire::HeaderParts::read(&r.header), "ExecuteTaskSync header")?;
             let task =
                 TaskRequest::received(header.template, r.inputs, InputsWire::Map, header.output_prefix, header.task_execution_metadata);
             Ok((Context::new(shared.clone(), Protocol::V1), task))
@@ -78,8 +82,8 @@ fn with_connection(mut ctx: Context, connection: Option<wire::Connection>) -> Co
 
 /// Reads the resource meta (and v2 connection) of a Get or Delete request.
 fn meta_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Context, Bytes), AgentError> {
-    let r: wire::MetaRequest = decode(request, "request")?;
-    Ok((with_connection(Context::new(shared.clone(), protocol_of(method)), r.connection), r.resource_meta))
+    let (resource_meta, connection) = read(wire::MetaRequest::read(&request), "request")?;
+    Ok((with_connection(Context::new(shared.clone(), protocol_of(method)), connection), resource_meta))
 }
 
 /// The answer for a job failure, or the error back for a call failure.

@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use agent_proto::flyteidl::core;
+use agent_proto::{
+    flyteidl::core,
+    walk::{each_field, len_field, string_field, Read},
+};
 use bytes::Bytes;
 use prost::Message;
 
@@ -136,6 +139,92 @@ pub(crate) struct HeaderParts {
     pub task_execution_metadata: Bytes,
 }
 
+/// A message field seen again merges into what was read before (protobuf's rule).
+fn merge_message<M: Message + Default>(slot: &mut Option<M>, payload: &[u8]) -> Read<()> {
+    slot.get_or_insert_with(M::default).merge(payload).map_err(|e| e.to_string())
+}
+
+// The readers below walk the request's fields ([`agent_proto::walk`]) instead of decoding it
+// with prost: the same checks and the same result (tests compare them), without moving the
+// parts through prost's generic decode. Each part is a slice of the request's buffer.
+
+impl CreateParts {
+    pub(crate) fn read(raw: &Bytes) -> Read<Self> {
+        let (mut inputs, mut template, mut prefix, mut metadata, mut connection) = (&[][..], &[][..], "", &[][..], None);
+        each_field(raw, |tag, wire_type, buf| {
+            match tag {
+                1 => inputs = len_field(wire_type, buf)?,
+                2 => template = len_field(wire_type, buf)?,
+                3 => prefix = string_field(wire_type, buf)?,
+                4 => metadata = len_field(wire_type, buf)?,
+                5 => merge_message(&mut connection, len_field(wire_type, buf)?)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(CreateParts {
+            inputs: raw.slice_ref(inputs),
+            template: raw.slice_ref(template),
+            output_prefix: prefix.to_string(),
+            task_execution_metadata: raw.slice_ref(metadata),
+            connection,
+        })
+    }
+}
+
+impl ExecuteParts {
+    pub(crate) fn read(raw: &Bytes) -> Read<Self> {
+        let (mut header, mut inputs) = (&[][..], &[][..]);
+        each_field(raw, |tag, wire_type, buf| {
+            match tag {
+                1 => header = len_field(wire_type, buf)?,
+                2 => inputs = len_field(wire_type, buf)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(ExecuteParts { header: raw.slice_ref(header), inputs: raw.slice_ref(inputs) })
+    }
+}
+
+impl HeaderParts {
+    pub(crate) fn read(raw: &Bytes) -> Read<Self> {
+        let (mut template, mut prefix, mut metadata) = (&[][..], "", &[][..]);
+        each_field(raw, |tag, wire_type, buf| {
+            match tag {
+                1 => template = len_field(wire_type, buf)?,
+                2 => prefix = string_field(wire_type, buf)?,
+                3 => metadata = len_field(wire_type, buf)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(HeaderParts {
+            template: raw.slice_ref(template),
+            output_prefix: prefix.to_string(),
+            task_execution_metadata: raw.slice_ref(metadata),
+        })
+    }
+}
+
+impl MetaRequest {
+    /// `output_prefix` is checked (prost would refuse a request whose prefix is not UTF-8) but
+    /// not kept: nothing reads it.
+    pub(crate) fn read(raw: &Bytes) -> Read<(Bytes, Option<Connection>)> {
+        let (mut meta, mut connection) = (&[][..], None);
+        each_field(raw, |tag, wire_type, buf| {
+            match tag {
+                2 => meta = len_field(wire_type, buf)?,
+                4 => drop(string_field(wire_type, buf)?),
+                5 => merge_message(&mut connection, len_field(wire_type, buf)?)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok((raw.slice_ref(meta), connection))
+    }
+}
+
 /// The literals of an encoded `LiteralMap` (`list: false`; sorted by name, the last of a
 /// repeated name kept, as a decoded map is) or Flyte 2 `Inputs` (`list: true`; in order), each
 /// literal still encoded. Both keep their entries in field 1 as `{ string name = 1; Literal
@@ -165,4 +254,138 @@ pub(crate) fn encoded_literals(raw: &Bytes, list: bool) -> Result<Vec<(&str, Byt
         out.reverse();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_proto::{agenthost::plugin::v1 as pb, flyteidl::admin, flyteidl2};
+
+    /// Requests of each kind read here: parts set and left out, repeated (the later `bytes`
+    /// or `string` wins, a `connection` seen twice merges) and among unknown fields of every
+    /// wire type.
+    fn requests() -> Vec<Vec<u8>> {
+        let template = core::TaskTemplate { r#type: "echo_async".into(), task_type_version: 1, ..Default::default() };
+        let inputs = core::LiteralMap { literals: [("a".to_string(), core::Literal::default())].into() };
+        let metadata = admin::TaskExecutionMetadata { namespace: "ns".into(), ..Default::default() };
+        let v1 = |prefix: &str| {
+            admin::CreateTaskRequest {
+                inputs: Some(inputs.clone()),
+                template: Some(template.clone()),
+                output_prefix: prefix.into(),
+                task_execution_metadata: Some(metadata.clone()),
+            }
+            .encode_to_vec()
+        };
+        let connection = |k: &str, v: &str| flyteidl2::core::Connection {
+            task_type: "t".into(),
+            secrets: [(k.to_string(), v.to_string())].into(),
+            configs: [("c".to_string(), k.to_string())].into(),
+        };
+        let v2 = |k: &str| {
+            flyteidl2::connector::CreateTaskRequest {
+                output_prefix: "s3://v2".into(),
+                connection: Some(connection(k, "secret")),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let header = admin::CreateRequestHeader { template: Some(template.clone()), output_prefix: "s3://h".into(), ..Default::default() };
+        let execute = pb::ExecuteRequest { header: Some(header.clone()), inputs: Some(inputs.clone()) }.encode_to_vec();
+        let get = |meta: &'static [u8], k: &str| {
+            flyteidl2::connector::GetTaskRequest {
+                resource_meta: Bytes::from_static(meta),
+                output_prefix: "s3://g".into(),
+                connection: Some(connection(k, "v")),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let unknown: Vec<u8> = [
+            &[0xc0, 0x02, 0x96, 0x01][..],
+            &[0xc9, 0x02, 1, 2, 3, 4, 5, 6, 7, 8],
+            &[0xd3, 0x02, 0x0a, 0x01, b'z', 0xd4, 0x02],
+            &[0xdd, 0x02, 9, 9, 9, 9],
+        ]
+        .concat();
+        let mut all = vec![
+            v1("s3://out"),
+            v1(""),
+            [v1("first"), v1("second")].concat(),
+            v2("k1"),
+            [v2("k1"), v2("k2")].concat(),
+            header.encode_to_vec(),
+            execute.clone(),
+            [execute, pb::ExecuteRequest { header: None, inputs: Some(core::LiteralMap::default()) }.encode_to_vec()].concat(),
+            get(b"{\"a\":1}", "k"),
+            [get(b"one", "k1"), get(b"", "k2")].concat(),
+            admin::GetTaskRequest { resource_meta: Bytes::from_static(b"m"), ..Default::default() }.encode_to_vec(),
+            Vec::new(),
+        ];
+        let with_unknown: Vec<Vec<u8>> = all.iter().map(|m| [&unknown[..], m, &unknown[..]].concat()).collect();
+        all.extend(with_unknown);
+        all
+    }
+
+    /// Whether every reader agrees with prost's decode of the same message on `body`.
+    fn agrees(body: &[u8]) -> Result<(), String> {
+        let raw = Bytes::copy_from_slice(body);
+        let create = (CreateParts::read(&raw).ok(), CreateParts::decode(body).ok());
+        let execute = (ExecuteParts::read(&raw).ok(), ExecuteParts::decode(body).ok());
+        let header = (HeaderParts::read(&raw).ok(), HeaderParts::decode(body).ok());
+        let meta = (MetaRequest::read(&raw).ok(), MetaRequest::decode(body).ok().map(|m| (m.resource_meta, m.connection)));
+        for (kind, same) in [
+            ("create", create.0 == create.1),
+            ("execute", execute.0 == execute.1),
+            ("header", header.0 == header.1),
+            ("meta", meta.0 == meta.1),
+        ] {
+            if !same {
+                return Err(format!("{kind} disagrees with prost on {body:02x?}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_readers_read_what_prost_decodes() {
+        let mut kept = 0;
+        for body in requests() {
+            agrees(&body).unwrap();
+            let raw = Bytes::from(body);
+            kept += usize::from(CreateParts::read(&raw).is_ok_and(|p| !p.output_prefix.is_empty() || p.connection.is_some()));
+        }
+        assert!(kept >= 8, "the requests carry parts ({kept})");
+    }
+
+    #[test]
+    fn the_readers_refuse_what_prost_refuses() {
+        // xorshift: deterministic, so a failure reproduces.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut refused, mut read) = (0, 0);
+        for body in requests().into_iter().filter(|b| !b.is_empty()) {
+            for _ in 0..300 {
+                let mut m = body.clone();
+                let i = next(m.len());
+                match next(4) {
+                    0 => m[i] ^= 1 << next(8),
+                    1 => m.truncate(i),
+                    2 => m[i] = next(256) as u8,
+                    _ => m.insert(i, next(256) as u8),
+                }
+                agrees(&m).unwrap();
+                match CreateParts::decode(m.as_slice()) {
+                    Ok(_) => read += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        assert!(refused > 500 && read > 500, "both outcomes are exercised: {refused} refused, {read} read");
+    }
 }
