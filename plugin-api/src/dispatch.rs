@@ -95,12 +95,6 @@ fn job_failure(e: AgentError) -> Result<Resource, AgentError> {
     }
 }
 
-/// A finished resource kept in the resource meta (a sync agent's result, or a failure found
-/// by an async agent's `create`).
-fn store(resource: Resource) -> Vec<u8> {
-    crate::encode::resource_v2_after(STORED_RESULT, &resource)
-}
-
 /// The stored resource in `meta`, if it is one.
 fn stored(meta: &[u8]) -> Option<Result<Resource, AgentError>> {
     let bytes = meta.strip_prefix(STORED_RESULT)?;
@@ -189,8 +183,10 @@ fn encode_get(protocol: Protocol, r: Resource) -> Vec<u8> {
     crate::encode::get_response(&r, protocol)
 }
 
-fn encode_create(meta: Vec<u8>) -> Vec<u8> {
-    admin::CreateTaskResponse { resource_meta: meta.into() }.encode_to_vec()
+/// The CreateTask answer holding a finished resource in the resource meta (a sync agent's
+/// result, or a failure found by an async agent's `create`), which the first GetTask reports.
+fn encode_stored(resource: Resource) -> Vec<u8> {
+    crate::encode::create_response_stored(STORED_RESULT, &resource)
 }
 
 fn encode_metrics(results: Vec<core::ExecutionMetricResult>) -> Vec<u8> {
@@ -218,8 +214,8 @@ impl<A: AsyncAgent> Dispatch for AsyncAdapter<A> {
                 method::V1_CREATE | method::V2_CREATE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
                     match agent.create(&ctx, task).await {
-                        Ok(m) => Ok(encode_create(meta::encode::<A>(&m)?)),
-                        Err(e) => Ok(encode_create(store(job_failure(e)?))),
+                        Ok(m) => crate::encode::create_response(|out| meta::encode_into::<A>(&m, out)),
+                        Err(e) => Ok(encode_stored(job_failure(e)?)),
                     }
                 }
                 method::V1_GET | method::V2_GET => {
@@ -296,7 +292,7 @@ impl<S: SyncAgent> Dispatch for SyncAdapter<S> {
                 }
                 method::V1_CREATE | method::V2_CREATE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
-                    Ok(encode_create(store(self.execute(&ctx, task).await?)))
+                    Ok(encode_stored(self.execute(&ctx, task).await?))
                 }
                 method::V1_GET | method::V2_GET => {
                     let (ctx, m) = meta_request(&shared, method, request)?;

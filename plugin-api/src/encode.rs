@@ -243,12 +243,54 @@ pub(crate) fn execute_response(r: &Resource) -> Vec<u8> {
 }
 
 /// `prefix` followed by the Flyte 2 `Resource` (the stored form of a finished resource).
+#[cfg(test)]
 pub(crate) fn resource_v2_after(prefix: &[u8], r: &Resource) -> Vec<u8> {
     let e = Encoder::new(r, Protocol::V2);
     let mut buf = Vec::with_capacity(prefix.len() + e.len());
     buf.extend_from_slice(prefix);
     e.write(&mut buf);
     buf
+}
+
+/// `CreateTaskResponse { bytes resource_meta = 1; }` (both protocols) holding `prefix` and the
+/// Flyte 2 `Resource`: a finished resource kept in the resource meta.
+pub(crate) fn create_response_stored(prefix: &[u8], r: &Resource) -> Vec<u8> {
+    let e = Encoder::new(r, Protocol::V2);
+    let meta = prefix.len() + e.len();
+    let mut buf = Vec::with_capacity(len_field(1, meta));
+    put_len(1, meta, &mut buf);
+    buf.extend_from_slice(prefix);
+    e.write(&mut buf);
+    buf
+}
+
+/// `CreateTaskResponse { bytes resource_meta = 1; }` around the bytes `write` appends, in one
+/// buffer: room for the field's key and length is kept in front, and what the length did not
+/// need is cut off once it is known (a short move, where a second buffer would cost an
+/// allocation and a copy of the whole).
+pub(crate) fn create_response<E>(write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Vec<u8>, E> {
+    // A key of field 1 and the longest varint.
+    const ROOM: usize = 1 + 10;
+    let mut buf = Vec::with_capacity(256);
+    buf.resize(ROOM, 0);
+    write(&mut buf)?;
+    let meta = buf.len() - ROOM;
+    if meta == 0 {
+        // Proto3 leaves an empty field out.
+        buf.clear();
+        return Ok(buf);
+    }
+    let start = ROOM - (len_field(1, meta) - meta);
+    let mut head = &mut buf[start..ROOM];
+    put_len_into(1, meta, &mut head);
+    debug_assert!(head.is_empty(), "the key and length fill the room kept for them");
+    buf.drain(..start);
+    Ok(buf)
+}
+
+fn put_len_into(tag: u32, len: usize, buf: &mut &mut [u8]) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
 }
 
 #[cfg(test)]
@@ -338,5 +380,28 @@ mod tests {
         let r = Resource::running().with_info("a", json["a"].clone()).with_info("c", json["c"].clone());
         let back = admin::GetTaskResponse::decode(&get_response(&r, Protocol::V1)[..]).unwrap();
         assert_eq!(crate::json::struct_to_json(&back.resource.unwrap().custom_info.unwrap()), json);
+    }
+
+    #[test]
+    fn create_responses_are_the_bytes_prost_writes() {
+        for len in [0usize, 1, 2, 127, 128, 300, 16_383, 16_384, 2_097_152] {
+            let meta: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let ours = create_response(|buf| {
+                buf.extend_from_slice(&meta);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            let prost = admin::CreateTaskResponse { resource_meta: meta.into() }.encode_to_vec();
+            assert_eq!(ours, prost, "a resource meta of {len} bytes");
+        }
+        let refused = create_response(|buf| {
+            buf.push(1);
+            Err("no")
+        });
+        assert_eq!(refused, Err("no"), "the writer's error comes back");
+        let r = Resource::succeeded(Literals::new().with("x", 1)).with_message("done");
+        let stored = create_response_stored(STORED_RESULT, &r);
+        let prost = admin::CreateTaskResponse { resource_meta: resource_v2_after(STORED_RESULT, &r).into() }.encode_to_vec();
+        assert_eq!(stored, prost);
     }
 }

@@ -24,6 +24,8 @@ use crate::{AgentError, AsyncAgent};
 /// The prefix of a stored result (a finished resource kept in the resource meta).
 pub(crate) const STORED_RESULT: &[u8] = b"\0agent-host/sync-result\0";
 
+/// The envelope as serde would write it ([`encode_into`] writes the same bytes itself).
+#[cfg(test)]
 #[derive(Serialize)]
 struct EnvelopeOut<'a, M> {
     meta_version: u32,
@@ -78,10 +80,20 @@ impl<'de> Deserialize<'de> for Base64Bytes {
     }
 }
 
-/// Encodes `meta` in the envelope.
-pub(crate) fn encode<A: AsyncAgent>(meta: &A::Meta) -> Result<Vec<u8>, AgentError> {
-    serde_json::to_vec(&EnvelopeOut { meta_version: A::META_VERSION, meta })
+/// Appends `meta` in the envelope to `out`: the bytes `serde_json` writes for [`EnvelopeOut`]
+/// (a test checks), its fixed parts written as they are.
+pub(crate) fn encode_into<A: AsyncAgent>(meta: &A::Meta, out: &mut Vec<u8>) -> Result<(), AgentError> {
+    write_envelope(A::META_VERSION, meta, out)
         .map_err(|e| AgentError::new(format!("{}: the resource meta does not serialize: {e}", A::NAME)))
+}
+
+fn write_envelope<M: Serialize>(version: u32, meta: &M, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    out.extend_from_slice(b"{\"meta_version\":");
+    serde_json::to_writer(&mut *out, &version)?;
+    out.extend_from_slice(b",\"meta\":");
+    serde_json::to_writer(&mut *out, meta)?;
+    out.push(b'}');
+    Ok(())
 }
 
 /// Decodes the envelope (or unversioned JSON as version 0) into the current `Meta`.
@@ -117,4 +129,29 @@ pub(crate) fn decode<A: AsyncAgent>(bytes: &[u8]) -> Result<A::Meta, AgentError>
             AgentError::precondition(format!("{}: the resource meta of format version {version} does not upgrade: {e}", A::NAME))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_is_what_serde_json_writes() {
+        #[derive(Serialize)]
+        struct Meta {
+            job: String,
+            n: Vec<u64>,
+            note: Option<String>,
+        }
+        for (version, meta) in [
+            (0, Meta { job: String::new(), n: vec![], note: None }),
+            (2, Meta { job: "a \"quoted\" \u{1f600} job\n".into(), n: vec![1, u64::MAX], note: Some("x".into()) }),
+            (u32::MAX, Meta { job: "j".into(), n: vec![7], note: None }),
+        ] {
+            let mut ours = Vec::new();
+            write_envelope(version, &meta, &mut ours).unwrap();
+            let theirs = serde_json::to_vec(&EnvelopeOut { meta_version: version, meta: &meta }).unwrap();
+            assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+        }
+    }
 }
