@@ -29,7 +29,7 @@ impl Routed {
     /// The task type.
     pub fn name(&self) -> &str {
         // Checked when read from the request; an empty name cannot be told apart from a bad one.
-        std::str::from_utf8(&self.name).unwrap_or_default()
+        agent_proto::walk::utf8(&self.name).unwrap_or_default()
     }
 }
 

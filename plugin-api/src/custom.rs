@@ -44,6 +44,7 @@ pub(crate) enum Field<'a> {
 }
 
 /// Reads one field from the front of `buf`.
+#[inline(always)]
 pub(crate) fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), GiveUp> {
     let key = varint(buf)?;
     let number = u32::try_from(key >> 3).map_err(|_| GiveUp("field number out of range".into()))?;
@@ -75,6 +76,7 @@ pub(crate) fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), Giv
     Ok((number, field))
 }
 
+#[inline(always)]
 fn varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
     // Keys and short lengths take one byte.
     if let Some((&byte, rest)) = buf.split_first() {
@@ -83,6 +85,11 @@ fn varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
             return Ok(u64::from(byte));
         }
     }
+    long_varint(buf)
+}
+
+#[cold]
+fn long_varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
     let mut value = 0u64;
     let mut shift = 0;
     while shift < 64 {
@@ -97,8 +104,9 @@ fn varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
     give_up("varint too long")
 }
 
+#[inline]
 fn text(bytes: &[u8]) -> Result<&str, GiveUp> {
-    std::str::from_utf8(bytes).map_err(|_| GiveUp("invalid UTF-8".into()))
+    agent_proto::walk::utf8(bytes).ok_or_else(|| GiveUp("invalid UTF-8".into()))
 }
 
 /// An encoded `Struct` (`map<string, Value> fields = 1`).

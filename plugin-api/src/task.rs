@@ -220,11 +220,31 @@ struct TemplateType {
     r#type: String,
 }
 
-/// The template's `custom`, read without decoding the rest of the template.
-#[derive(Clone, PartialEq, prost::Message)]
-struct TemplateCustom {
-    #[prost(bytes = "bytes", tag = "5")]
-    custom: Bytes,
+/// The template's `custom` (field 5, a `Struct`), read without decoding the rest of the
+/// template: a slice of `template`, with prost's checks (see [`agent_proto::walk`]). The last
+/// `custom` on the wire is the one read; a `Struct` seen twice would merge, which the reader
+/// of its bytes leaves to prost (it gives up on a repeated key).
+fn template_custom(template: &Bytes) -> Result<Bytes, String> {
+    use agent_proto::walk::{each_field, len_field};
+    // The first `custom` as a slice; only a second one costs a buffer.
+    let (mut first, mut merged, mut seen) = (&[][..], Vec::new(), false);
+    each_field(template, |tag, wire_type, buf| {
+        if tag != 5 {
+            return Ok(false);
+        }
+        let part = len_field(wire_type, buf)?;
+        if !seen {
+            (first, seen) = (part, true);
+        } else {
+            // Merged as protobuf merges a message seen twice: its bytes, one after the other.
+            if merged.is_empty() {
+                merged.extend_from_slice(first);
+            }
+            merged.extend_from_slice(part);
+        }
+        Ok(true)
+    })?;
+    Ok(if merged.is_empty() { template.slice_ref(first) } else { Bytes::from(merged) })
 }
 
 /// A task to run: what FlytePropeller (CreateTask, ExecuteTaskSync) or the Flyte 2 executor
@@ -358,9 +378,8 @@ impl TaskRequest {
             Some(Ok(t)) => t.custom.clone(),
             // Not decoded (or not decodable as a whole): read `custom` alone.
             _ => {
-                let custom = TemplateCustom::decode(self.template.raw.clone())
-                    .map_err(|e| AgentError::invalid(format!("the task's template does not decode: {e}")))?
-                    .custom;
+                let custom = template_custom(&self.template.raw)
+                    .map_err(|e| AgentError::invalid(format!("the task's template does not decode: {e}")))?;
                 // Straight from the wire into `T`; anything that reader leaves (see
                 // `crate::custom`) goes the way below, whose answers are the reference.
                 if let Ok(value) = crate::custom::from_struct_bytes::<T>(&custom) {
@@ -651,6 +670,23 @@ mod tests {
             n: String,
         }
         assert_eq!(task.custom::<Wrong>().unwrap_err().kind(), ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn custom_sent_twice_merges_as_the_decoded_template_does() {
+        let part = |v: serde_json::Value| TaskTemplate { custom: Some(json::json_to_struct(&v)), ..Default::default() }.encode_to_vec();
+        // Two `custom` fields (a template merged from two): their keys merge, the later wins.
+        let raw = Bytes::from([part(serde_json::json!({"a": 1, "b": 1})), part(serde_json::json!({"b": 2, "c": 3}))].concat());
+        let merged = serde_json::json!({"a": 1, "b": 2, "c": 3});
+        let lazy = TaskRequest::received(raw.clone(), Bytes::new(), InputsWire::Map, String::new(), Bytes::new());
+        assert_eq!(lazy.custom::<serde_json::Value>().unwrap(), merged);
+        let decoded = TaskRequest::received(raw, Bytes::new(), InputsWire::Map, String::new(), Bytes::new());
+        decoded.template().unwrap();
+        assert_eq!(decoded.custom::<serde_json::Value>().unwrap(), merged, "read from the decoded template");
+        // A `custom` of the wrong wire type is refused, as prost refuses it.
+        let wrong = TaskRequest::received(Bytes::from_static(b"\x28\x01"), Bytes::new(), InputsWire::Map, String::new(), Bytes::new());
+        assert_eq!(wrong.custom::<serde_json::Value>().unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert!(wrong.template().is_err());
     }
 
     #[test]

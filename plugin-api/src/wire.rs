@@ -238,7 +238,7 @@ pub(crate) fn encoded_literals(raw: &Bytes, list: bool) -> Result<Vec<(&str, Byt
         let (mut name, mut value) = ("", &[][..]);
         while !entry.is_empty() {
             match next_field(&mut entry).map_err(|e| e.to_string())? {
-                (1, Field::Len(n)) => name = std::str::from_utf8(n).map_err(|_| "a name is not UTF-8".to_string())?,
+                (1, Field::Len(n)) => name = agent_proto::walk::utf8(n).ok_or_else(|| "a name is not UTF-8".to_string())?,
                 (2, Field::Len(v)) => value = v,
                 (1 | 2, _) => return Err("an entry field of the wrong wire type".into()),
                 _ => {}
