@@ -161,7 +161,8 @@ impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteServic
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let path = req.uri().path();
-        let rpc = Rpc::from_path(path).filter(|r| path[1..].starts_with(N::NAME) && r.abi_or_meta());
+        let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(N::NAME)).and_then(|p| p.strip_prefix('/'));
+        let rpc = method.and_then(|m| Rpc::of(N::NAME, m)).filter(|r| r.abi_or_meta());
         let Some(rpc) = rpc else {
             let refused = Status::unimplemented(format!("method {path} not found")).into_http();
             return Box::pin(std::future::ready(Ok(refused)));

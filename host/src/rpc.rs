@@ -54,8 +54,15 @@ impl Rpc {
     /// The RPC at a gRPC path (`/package.Service/Method`).
     pub fn from_path(path: &str) -> Option<Rpc> {
         let (svc, m) = path.strip_prefix('/')?.split_once('/')?;
+        Rpc::of(svc, m)
+    }
+
+    /// The method `method` of the service named `service`. Inlined where the service is a
+    /// constant (each served service knows its name), the match is on the method alone.
+    #[inline(always)]
+    pub fn of(service: &str, method: &str) -> Option<Rpc> {
         use Rpc::*;
-        Some(match (svc, m) {
+        Some(match (service, method) {
             (service::V1_ASYNC, "CreateTask") => V1Create,
             (service::V1_ASYNC, "GetTask") => V1Get,
             (service::V1_ASYNC, "DeleteTask") => V1Delete,
