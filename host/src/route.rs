@@ -41,24 +41,18 @@ struct Key<'a> {
     version: i32,
 }
 
-/// Reads a `TaskTemplate` (`type` = 2, `task_type_version` = 7) into `key`.
-fn template<'a>(payload: &'a [u8], key: &mut Key<'a>) -> Read<()> {
-    each_field(payload, |tag, wire_type, buf| {
-        match tag {
-            2 => key.name = string_field(wire_type, buf)?,
-            7 => key.version = int32_field(wire_type, buf)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    })
-}
+/// `TaskTemplate`: `type` = 2, `task_type_version` = 7.
+const TEMPLATE: (u32, u32) = (2, 7);
+/// `TaskCategory`: `name` = 1, `version` = 2.
+const CATEGORY: (u32, u32) = (1, 2);
 
-/// Reads a `TaskCategory` (`name` = 1, `version` = 2) into `key`.
-fn category<'a>(payload: &'a [u8], key: &mut Key<'a>) -> Read<()> {
+/// Reads a message holding a task type and version at the field numbers `(name, version)`
+/// ([`TEMPLATE`] or [`CATEGORY`]) into `key`.
+fn read_key<'a>(payload: &'a [u8], (name, version): (u32, u32), key: &mut Key<'a>) -> Read<()> {
     each_field(payload, |tag, wire_type, buf| {
         match tag {
-            1 => key.name = string_field(wire_type, buf)?,
-            2 => key.version = int32_field(wire_type, buf)?,
+            t if t == name => key.name = string_field(wire_type, buf)?,
+            t if t == version => key.version = int32_field(wire_type, buf)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -73,7 +67,7 @@ fn by_category(body: &[u8], category_field: u32, v1: bool) -> Read<Key<'_>> {
     each_field(body, |tag, wire_type, buf| {
         match tag {
             1 => task_type = string_field(wire_type, buf)?,
-            t if t == category_field => category(len_field(wire_type, buf)?, &mut cat)?,
+            t if t == category_field => read_key(len_field(wire_type, buf)?, CATEGORY, &mut cat)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -97,7 +91,7 @@ pub fn task_key(rpc: Rpc, body: &Bytes) -> Result<Routed, RpcError> {
             each_field(body, |tag, wire_type, buf| {
                 match tag {
                     1 => inputs = len_field(wire_type, buf)?.len(),
-                    2 => template(len_field(wire_type, buf)?, &mut key)?,
+                    2 => read_key(len_field(wire_type, buf)?, TEMPLATE, &mut key)?,
                     _ => return Ok(false),
                 }
                 Ok(true)
@@ -115,7 +109,7 @@ pub fn task_key(rpc: Rpc, body: &Bytes) -> Result<Routed, RpcError> {
             let mut key = Key::default();
             each_field(body, |tag, wire_type, buf| {
                 match tag {
-                    1 => template(len_field(wire_type, buf)?, &mut key)?,
+                    1 => read_key(len_field(wire_type, buf)?, TEMPLATE, &mut key)?,
                     _ => return Ok(false),
                 }
                 Ok(true)
