@@ -21,4 +21,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// `Duration`…), re-exported so that users of these messages can name them.
 pub use prost_types;
 
+pub mod check;
 pub mod walk;
