@@ -47,7 +47,11 @@ pub(crate) enum Field<'a> {
 #[inline(always)]
 pub(crate) fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), GiveUp> {
     let key = varint(buf)?;
-    let number = u32::try_from(key >> 3).map_err(|_| GiveUp("field number out of range".into()))?;
+    // As prost: a key must fit in 32 bits, and field number 0 does not exist.
+    let number = u32::try_from(key).map_err(|_| GiveUp("key out of range".into()))? >> 3;
+    if number == 0 {
+        return give_up("field number 0");
+    }
     let field = match key & 7 {
         0 => Field::Varint(varint(buf)?),
         1 => {

@@ -3,9 +3,11 @@
 //! The generated types cost more than the bytes they produce: a Flyte 1 `Resource` wants its
 //! outputs in a `BTreeMap` and its `custom_info` as a `Struct` of `BTreeMap`s, each built,
 //! measured once per level of nesting, written and dropped. Here the sizes are measured once
-//! and the fields written in place: the literals with prost (each measured once), the rest by
-//! hand. The bytes are the ones prost writes for the same message (fields in number order,
-//! the same fields left out), which the tests check against the generated types.
+//! and the fields written in place: the literals with prost (each measured once), or as they
+//! came for literals kept encoded (see [`crate::Literals`]), the rest by hand. The bytes are the
+//! ones prost writes for the same message (fields in number order, the same fields left out),
+//! which the tests check against the generated types; a literal kept encoded is written as it
+//! was received, which decodes to the same literal.
 //!
 //! Field numbers (`flyteidl.admin.Resource` and `flyteidl2.connector.Resource` alike, apart
 //! from the first): 1 `state` (Flyte 1 only), 2 `outputs`, 3 `message`, 4 `log_links`,
@@ -18,7 +20,7 @@ use prost::{
     Message,
 };
 
-use crate::{flyte::core::Literal, Protocol, Resource};
+use crate::{task::Slot, Protocol, Resource};
 
 /// Bytes of a length-delimited field `tag` holding `len` bytes.
 fn len_field(tag: u32, len: usize) -> usize {
@@ -45,7 +47,7 @@ pub(crate) struct Encoder<'a> {
     r: &'a Resource,
     v1: bool,
     /// Outputs in the order they are written: name, literal, the literal's length.
-    outputs: Vec<(&'a str, &'a Literal, usize)>,
+    outputs: Vec<(&'a str, &'a Slot, usize)>,
     /// Length of the outputs message (`LiteralMap` / `Outputs`).
     outputs_len: usize,
     /// Length of the `custom_info` Struct.
@@ -57,10 +59,10 @@ pub(crate) struct Encoder<'a> {
 impl<'a> Encoder<'a> {
     pub(crate) fn new(r: &'a Resource, protocol: Protocol) -> Self {
         let v1 = protocol == Protocol::V1;
-        let mut outputs: Vec<(&str, &Literal, usize)> = Vec::new();
+        let mut outputs: Vec<(&str, &Slot, usize)> = Vec::new();
         let mut outputs_len = 0;
         if let Some(o) = &r.outputs {
-            outputs = o.iter().map(|(n, l)| (n, l, l.encoded_len())).collect();
+            outputs = o.slots().map(|(n, l)| (n, l, l.encoded_len())).collect();
             if v1 {
                 // A map: by name, one entry per name (the last one given, as a map keeps).
                 outputs.sort_by(|a, b| a.0.cmp(b.0));
@@ -298,7 +300,7 @@ mod tests {
     use super::*;
     use crate::{
         dispatch::{resource_v1, resource_v2},
-        flyte::admin,
+        flyte::{admin, core::Literal},
         meta::STORED_RESULT,
         wire, Literals, Phase,
     };
@@ -356,6 +358,27 @@ mod tests {
             resource_v2(r.clone()).encode(&mut stored).unwrap();
             assert_eq!(resource_v2_after(STORED_RESULT, &r), stored, "stored {r:?}");
         }
+    }
+
+    #[test]
+    fn literals_kept_encoded_are_written_as_prost_writes_them() {
+        let mut checked = 0;
+        for r in resources() {
+            let Some(outputs) = &r.outputs else { continue };
+            let mut encoded = Literals::new();
+            for (name, literal) in outputs.iter() {
+                encoded.insert_encoded(name, literal.encode_to_vec()).unwrap();
+            }
+            assert!(encoded.slots().all(|(_, s)| matches!(s, crate::task::Slot::Encoded { .. })), "kept encoded");
+            let kept = Resource { outputs: Some(encoded), ..r.clone() };
+            for protocol in [Protocol::V1, Protocol::V2] {
+                assert_eq!(get_response(&kept, protocol), get_response(&r, protocol), "{protocol:?} GetTask of {r:?}");
+            }
+            assert_eq!(execute_response(&kept), execute_response(&r));
+            assert_eq!(resource_v2_after(STORED_RESULT, &kept), resource_v2_after(STORED_RESULT, &r));
+            checked += 1;
+        }
+        assert!(checked >= 4);
     }
 
     #[test]

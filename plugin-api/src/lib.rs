@@ -62,6 +62,8 @@ mod ffi;
 pub mod json;
 mod log;
 mod meta;
+#[cfg(test)]
+mod mutate;
 mod task;
 pub mod testing;
 pub mod value;

@@ -29,6 +29,11 @@ pub enum Protocol {
 /// Build them from Rust values with [`Literals::with`], read them with [`Literals::read`] (see
 /// [`crate::value`] for the types).
 ///
+/// Literals that came encoded (a task's inputs, [`Literals::insert_encoded`]) stay encoded until
+/// one is read, and an answer writes them out as they came: an agent that forwards its inputs, or
+/// reads a few of many, does not pay to decode and encode again what it only passes on. They are
+/// checked when they come in (without decoding them), so reading one later cannot fail.
+///
 /// ```
 /// use agent_plugin_api::Literals;
 ///
@@ -36,8 +41,101 @@ pub enum Protocol {
 /// assert_eq!(outputs.read::<i64>("rows").unwrap(), 42);
 /// assert_eq!(outputs.read::<Option<String>>("missing").unwrap(), None);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Literals(Vec<(String, Literal)>);
+#[derive(Clone, Default)]
+pub struct Literals(Vec<(String, Slot)>);
+
+/// One literal of [`Literals`]: built in Rust, or encoded as it came (decoded when first read).
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Decoded(Literal),
+    /// Bytes that [`agent_proto::check::literal`] accepted, so they decode.
+    Encoded {
+        bytes: Bytes,
+        decoded: OnceLock<Literal>,
+    },
+}
+
+impl Slot {
+    /// Encoded bytes known to decode (checked by the caller).
+    fn encoded(bytes: Bytes) -> Self {
+        Slot::Encoded { bytes, decoded: OnceLock::new() }
+    }
+
+    pub(crate) fn literal(&self) -> &Literal {
+        match self {
+            Slot::Decoded(literal) => literal,
+            Slot::Encoded { bytes, decoded } => decoded.get_or_init(|| decode_checked(bytes)),
+        }
+    }
+
+    #[cfg(test)]
+    fn into_literal(self) -> Literal {
+        match self {
+            Slot::Decoded(literal) => literal,
+            Slot::Encoded { bytes, decoded } => decoded.into_inner().unwrap_or_else(|| decode_checked(&bytes)),
+        }
+    }
+
+    /// Length of the literal's encoding: the bytes as they came, for an encoded one.
+    pub(crate) fn encoded_len(&self) -> usize {
+        match self {
+            Slot::Decoded(literal) => literal.encoded_len(),
+            Slot::Encoded { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// Writes the literal's encoding (without a tag or length).
+    pub(crate) fn encode_raw(&self, buf: &mut Vec<u8>) {
+        match self {
+            Slot::Decoded(literal) => literal.encode_raw(buf),
+            Slot::Encoded { bytes, .. } => buf.extend_from_slice(bytes),
+        }
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Slot::Decoded(literal) => literal.encode_to_vec().into(),
+            Slot::Encoded { bytes, .. } => bytes.clone(),
+        }
+    }
+}
+
+/// Decodes bytes the check accepted. The check is written to accept only what prost decodes
+/// (its tests hold it to that against prost), so a failure here is a bug in the SDK.
+fn decode_checked(bytes: &Bytes) -> Literal {
+    Literal::decode(bytes.clone()).unwrap_or_else(|e| panic!("a literal accepted by the SDK's check does not decode ({e}): an SDK bug"))
+}
+
+/// Whether `bytes` decode as a literal nested with this much of prost's recursion budget left
+/// for its fields (see [`agent_proto::check::literal`]).
+fn decodes(bytes: &[u8], budget: u32) -> bool {
+    agent_proto::check::literal(bytes, budget)
+}
+
+/// The recursion budget of a standalone literal's fields (prost's limit).
+const STANDALONE: u32 = agent_proto::check::RECURSION_LIMIT;
+/// The budget of a literal's fields inside a decoded `LiteralMap` or `Inputs`: two levels down.
+const IN_INPUTS: u32 = agent_proto::check::IN_LITERAL_MAP;
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.literal().fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Literals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Equal when the names and the literals (decoded) are, in order: a literal that came encoded
+/// equals the same literal built in Rust.
+impl PartialEq for Literals {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b)
+    }
+}
 
 impl Literals {
     /// No literals.
@@ -47,7 +145,11 @@ impl Literals {
 
     /// The literal called `name`, as it came.
     pub fn get(&self, name: &str) -> Option<&Literal> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, l)| l)
+        self.slot(name).map(Slot::literal)
+    }
+
+    fn slot(&self, name: &str) -> Option<&Slot> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, s)| s)
     }
 
     /// The value called `name` as a `T`. A missing name is an error unless `T` is an `Option`;
@@ -69,10 +171,38 @@ impl Literals {
     /// Adds (or replaces) the value called `name`: a [`Literal`] or any Rust value of
     /// [`crate::value`].
     pub fn insert(&mut self, name: impl Into<String>, value: impl IntoLiteral) {
-        let (name, literal) = (name.into(), value.into_literal());
+        self.put(name.into(), Slot::Decoded(value.into_literal()));
+    }
+
+    /// Adds (or replaces) the literal called `name` from its protobuf encoding (a
+    /// `flyteidl.core.Literal`, e.g. one kept from [`TaskRequest::encoded_inputs`]), without
+    /// decoding it: it is decoded only if read, and an answer writes these bytes as they are.
+    /// Bytes that would not decode are refused (an `InvalidInput` error), and nothing is added.
+    ///
+    /// ```
+    /// use agent_plugin_api::{encode_message, value::IntoLiteral, Literals};
+    ///
+    /// let mut outputs = Literals::new();
+    /// outputs.insert_encoded("n", encode_message(&7i64.into_literal())).unwrap();
+    /// assert_eq!(outputs.read::<i64>("n").unwrap(), 7);
+    /// assert!(outputs.insert_encoded("bad", vec![0x0a, 0xff]).is_err());
+    /// ```
+    pub fn insert_encoded(&mut self, name: impl Into<String>, literal: impl Into<Bytes>) -> Result<(), AgentError> {
+        let (name, bytes) = (name.into(), literal.into());
+        let slot = if decodes(&bytes, STANDALONE) {
+            Slot::encoded(bytes)
+        } else {
+            // Refused by the quick check: prost has the last word (and the error message).
+            Slot::Decoded(Literal::decode(bytes).map_err(|e| AgentError::invalid(format!("the literal `{name}` does not decode: {e}")))?)
+        };
+        self.put(name, slot);
+        Ok(())
+    }
+
+    fn put(&mut self, name: String, slot: Slot) {
         match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = literal,
-            None => self.0.push((name, literal)),
+            Some(entry) => entry.1 = slot,
+            None => self.0.push((name, slot)),
         }
     }
 
@@ -84,7 +214,18 @@ impl Literals {
 
     /// Names and literals, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Literal)> {
-        self.0.iter().map(|(n, l)| (n.as_str(), l))
+        self.0.iter().map(|(n, s)| (n.as_str(), s.literal()))
+    }
+
+    /// Names and slots, in order (for the encoder: encoded literals are written as they came).
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (&str, &Slot)> {
+        self.0.iter().map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// Each literal's protobuf encoding, by name, in order: as it came for one that came
+    /// encoded, encoded now for one built in Rust.
+    pub(crate) fn encoded(&self) -> Vec<(&str, Bytes)> {
+        self.0.iter().map(|(n, s)| (n.as_str(), s.to_bytes())).collect()
     }
 
     /// Number of literals.
@@ -99,24 +240,42 @@ impl Literals {
 
     /// As Flyte 1's `LiteralMap`.
     pub fn to_literal_map(&self) -> LiteralMap {
-        LiteralMap { literals: self.0.iter().cloned().collect() }
+        LiteralMap { literals: self.iter().map(|(n, l)| (n.to_string(), l.clone())).collect() }
     }
 
     /// [`Literals::to_literal_map`] without the copy.
     #[cfg(test)]
     pub(crate) fn into_literal_map(self) -> LiteralMap {
-        LiteralMap { literals: self.0.into_iter().collect() }
+        LiteralMap { literals: self.into_vec().into_iter().collect() }
     }
 
     #[cfg(test)]
     pub(crate) fn into_vec(self) -> Vec<(String, Literal)> {
-        self.0
+        self.0.into_iter().map(|(n, s)| (n, s.into_literal())).collect()
+    }
+
+    /// The literals of encoded inputs (a `LiteralMap`, or Flyte 2's `Inputs` when `list`) as
+    /// they came, when every one passes the check: `None` when anything is out of the ordinary,
+    /// for prost to decode (see [`crate::wire::literal_entries`]).
+    fn received(raw: &Bytes, list: bool) -> Option<Self> {
+        let entries = crate::wire::literal_entries(raw, list, |literal| decodes(literal, IN_INPUTS))?;
+        let mut out = Self(Vec::with_capacity(entries.len()));
+        for (name, bytes) in entries {
+            // A list keeps a repeated name at its first place, with the last value (as
+            // `insert` does); a map's entries come sorted with repeats removed.
+            if list {
+                out.put(name.to_string(), Slot::encoded(bytes));
+            } else {
+                out.0.push((name.to_string(), Slot::encoded(bytes)));
+            }
+        }
+        Some(out)
     }
 }
 
 impl From<LiteralMap> for Literals {
     fn from(map: LiteralMap) -> Self {
-        Self(map.literals.into_iter().collect())
+        Self(map.literals.into_iter().map(|(n, l)| (n, Slot::Decoded(l))).collect())
     }
 }
 
@@ -205,12 +364,37 @@ fn decode_metadata(raw: Bytes) -> Result<TaskExecutionMetadata, prost::DecodeErr
     TaskExecutionMetadata::decode(raw)
 }
 
+/// Decodes a request's inputs: kept encoded when they pass the check (the usual case), decoded
+/// by prost otherwise (which then reports what is wrong, or reads what the check left to it).
 fn inputs_decoder(wire: InputsWire) -> impl FnOnce(Bytes) -> Result<Literals, prost::DecodeError> {
-    move |raw| match wire {
+    move |raw| match Literals::received(&raw, wire == InputsWire::List) {
+        Some(literals) => Ok(literals),
+        None => decode_inputs(raw, wire),
+    }
+}
+
+fn decode_inputs(raw: Bytes, wire: InputsWire) -> Result<Literals, prost::DecodeError> {
+    match wire {
         InputsWire::Map => LiteralMap::decode(raw).map(Literals::from),
         InputsWire::List => crate::wire::NamedLiterals::decode(raw)
             .map(|list| list.literals.into_iter().map(|l| (l.name, l.value.unwrap_or_default())).collect()),
     }
+}
+
+/// A list's entries with a repeated name kept once, at its first place, with its last value
+/// (as [`Literals::insert`] keeps them).
+fn last_of_each_name(mut entries: Vec<(&str, Bytes)>) -> Vec<(&str, Bytes)> {
+    let mut i = 0;
+    while i < entries.len() {
+        match entries[..i].iter().position(|(n, _)| *n == entries[i].0) {
+            Some(first) => {
+                let (_, value) = entries.remove(i);
+                entries[first].1 = value;
+            }
+            None => i += 1,
+        }
+    }
+    entries
 }
 
 /// The template's task type, read without decoding the rest of the template.
@@ -326,12 +510,17 @@ impl TaskRequest {
     /// by name, in order, without decoding it: for agents that store or forward inputs as
     /// they are. (Decoded inputs, as after [`TaskRequest::inputs_mut`], are encoded here.)
     pub fn encoded_inputs(&self) -> Result<Vec<(&str, Bytes)>, AgentError> {
-        let undecodable = |e: String| AgentError::invalid(format!("the task's inputs do not decode: {e}"));
-        match self.inputs.decoded.get() {
-            Some(Ok(literals)) => Ok(literals.iter().map(|(n, l)| (n, Bytes::from(l.encode_to_vec()))).collect()),
-            Some(Err(e)) => Err(undecodable(e.clone())),
-            None => crate::wire::encoded_literals(&self.inputs.raw, self.inputs_wire == InputsWire::List).map_err(undecodable),
+        if self.inputs.decoded.get().is_none() {
+            // Not read yet: the literals as slices of the request, checked as `inputs()` checks
+            // them, without building `Literals` (names borrow the request too).
+            let list = self.inputs_wire == InputsWire::List;
+            if let Some(entries) = crate::wire::literal_entries(&self.inputs.raw, list, |literal| decodes(literal, IN_INPUTS)) {
+                return Ok(if list { last_of_each_name(entries) } else { entries });
+            }
         }
+        // Read already, or left to prost: from `inputs()` (the bytes as they came for a literal
+        // kept encoded).
+        Ok(self.inputs()?.encoded())
     }
 
     /// Where this attempt's outputs belong (`<output_prefix>/outputs.pb` when not inline).
@@ -714,6 +903,128 @@ mod tests {
         // Built in Rust: encoded from the values.
         let built = TaskRequest::new("t").with_input("k", 5);
         assert_eq!(built.encoded_inputs().unwrap(), [("k", Bytes::from(literal(5).encode_to_vec()))]);
+    }
+
+    /// A literal's encoding with an unknown field (number 99, a varint) after it: one a newer
+    /// Flyte might send. Decoding drops the field; a literal kept encoded keeps it.
+    fn with_unknown_field(literal: &Literal) -> Vec<u8> {
+        let mut bytes = literal.encode_to_vec();
+        bytes.extend([0x98, 0x06, 0x2a]);
+        bytes
+    }
+
+    fn map_of(entries: &[(&str, &[u8])]) -> Bytes {
+        let mut out = Vec::new();
+        for (name, literal) in entries {
+            let mut entry = vec![0x0a, name.len() as u8];
+            entry.extend(name.as_bytes());
+            entry.extend([0x12, literal.len() as u8]);
+            entry.extend(*literal);
+            out.extend([0x0a, entry.len() as u8]);
+            out.extend(entry);
+        }
+        out.into()
+    }
+
+    #[test]
+    fn received_inputs_are_answered_as_they_came() {
+        let odd = with_unknown_field(&literal(7));
+        let raw = map_of(&[("b", &odd), ("a", &literal(1).encode_to_vec())]);
+        let task = TaskRequest::received(Bytes::new(), raw.clone(), InputsWire::Map, String::new(), Bytes::new());
+        // Read as prost reads them (the unknown field dropped) ...
+        let inputs = task.inputs().unwrap();
+        assert_eq!(*inputs, Literals::from(LiteralMap::decode(raw).unwrap()));
+        assert_eq!(task.input::<i64>("b").unwrap(), 7);
+        assert_eq!(task.encoded_inputs().unwrap()[1], ("b", Bytes::from(odd.clone())));
+        // ... and answered as they came: the unknown field is still there, in both protocols.
+        let answer = Resource::succeeded(task.into_inputs().unwrap());
+        for protocol in [Protocol::V1, Protocol::V2] {
+            let bytes = crate::encode::get_response(&answer, protocol);
+            assert!(bytes.windows(odd.len()).any(|w| w == odd), "{protocol:?}: the literal's bytes as received");
+        }
+        let v1 = crate::flyte::admin::GetTaskResponse::decode(&crate::encode::get_response(&answer, Protocol::V1)[..]).unwrap();
+        assert_eq!(Literals::from(v1.resource.unwrap().outputs.unwrap()), answer.outputs.unwrap());
+    }
+
+    #[test]
+    fn inputs_read_as_prost_decodes_them_whatever_the_bytes() {
+        // The usual inputs, inputs the quick path leaves to prost (a literal sent twice in one
+        // entry merges; a group), and damaged copies of them: `inputs()` reads what prost's
+        // decode of the whole message reads, and fails where it fails, in both protocols.
+        let one = literal(1).encode_to_vec();
+        let text = "ünï".into_literal().encode_to_vec();
+        let list = vec![1i64, 2].into_literal().encode_to_vec();
+        let merged = [&one[..], &with_unknown_field(&literal(2))].concat();
+        let mut samples = vec![
+            map_of(&[("a", &one), ("t", &text), ("l", &list)]),
+            map_of(&[("z", &with_unknown_field(&literal(3))), ("a", &one), ("z", &text)]),
+            map_of(&[("", &[]), ("e", &[])]),
+            map_of(&[("r", &one), ("s", &text), ("r", &list)]),
+        ];
+        // An entry with its literal twice; a group among the map's fields.
+        let mut twice = map_of(&[("m", &one)]).to_vec();
+        twice[1] += 2 + text.len() as u8;
+        twice.extend([0x12, text.len() as u8]);
+        twice.extend(&text);
+        samples.push(twice.into());
+        samples.push([&map_of(&[("g", &merged)])[..], &[0x1b, 0x08, 0x01, 0x1c]].concat().into());
+        let mut next = crate::mutate::generator(0x9e37_79b9_7f4a_7c15);
+        let (mut read, mut refused, mut kept) = (0, 0, 0);
+        for sample in samples.clone() {
+            for n in 0..800 {
+                let body = if n == 0 { sample.to_vec() } else { crate::mutate::mutated(&sample, &mut next) };
+                let raw = Bytes::from(body);
+                for wire in [InputsWire::Map, InputsWire::List] {
+                    let task = TaskRequest::received(Bytes::new(), raw.clone(), wire, String::new(), Bytes::new());
+                    // Encoded before the inputs are read (without building them) ...
+                    let early = task.encoded_inputs().map_err(|e| e.kind());
+                    let ours = task.inputs().map_err(|e| e.kind());
+                    let prost = decode_inputs(raw.clone(), wire).map_err(|_| ErrorKind::InvalidInput);
+                    assert_eq!(ours, prost.as_ref().map_err(|k| *k), "{wire:?} inputs {raw:02x?}");
+                    // ... and after: the same names, and bytes that decode to what was read.
+                    assert_eq!(early.is_ok(), prost.is_ok(), "{wire:?} encoded inputs {raw:02x?}");
+                    if let (Ok(early), Ok(literals)) = (&early, &ours) {
+                        assert_eq!(early.iter().map(|(n, _)| *n).collect::<Vec<_>>(), literals.iter().map(|(n, _)| n).collect::<Vec<_>>());
+                        for ((_, bytes), (_, literal)) in early.iter().zip(literals.iter()) {
+                            assert_eq!(&Literal::decode(bytes.clone()).unwrap(), literal);
+                        }
+                    }
+                    assert_eq!(task.encoded_inputs().is_ok(), prost.is_ok());
+                    match ours {
+                        Ok(literals) => {
+                            read += 1;
+                            kept += usize::from(literals.slots().all(|(_, s)| matches!(s, Slot::Encoded { .. })));
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+            }
+        }
+        assert!(read > 1000 && refused > 1000, "both outcomes are exercised ({read} read, {refused} refused)");
+        assert!(kept > read / 2, "most readable inputs stay encoded ({kept} of {read})");
+    }
+
+    #[test]
+    fn inserting_an_encoded_literal_checks_it() {
+        let mut outputs = Literals::new();
+        outputs.insert_encoded("n", with_unknown_field(&literal(5))).unwrap();
+        outputs.insert_encoded("empty", Vec::new()).unwrap();
+        assert_eq!(outputs, Literals::new().with("n", 5).with("empty", Literal::default()), "equal to the same literals built in Rust");
+        // Not a literal: refused, with prost's reason, and nothing is added.
+        let e = outputs.insert_encoded("bad", vec![0x0a, 0x05, 0x01]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("`bad` does not decode"), "{e}");
+        assert_eq!(outputs.len(), 2);
+        // A string that is not UTF-8, three levels down, is found without decoding.
+        let mut deep = "abc".into_literal().encode_to_vec();
+        let at = deep.iter().position(|&b| b == b'a').unwrap();
+        deep[at] = 0xff;
+        assert!(Literal::decode(&deep[..]).is_err());
+        assert!(outputs.insert_encoded("deep", deep).is_err());
+        // Replacing by name keeps the place, as `insert` does.
+        outputs.insert_encoded("n", literal(6).encode_to_vec()).unwrap();
+        assert_eq!(outputs.iter().map(|(n, _)| n).collect::<Vec<_>>(), ["n", "empty"]);
+        assert_eq!(outputs.read::<i64>("n").unwrap(), 6);
     }
 
     #[test]

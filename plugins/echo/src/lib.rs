@@ -18,8 +18,8 @@
 //! (for tests of streams held open across reloads and shutdown).
 
 use agent_plugin_api::{
-    flyte::core::{ExecutionMetricResult, Literal},
-    log_line, AgentError, AsyncAgent, Base64Bytes, Context, Literals, LogStream, LogsQuery, MetricsQuery, Resource, SyncAgent, TaskRequest,
+    flyte::core::ExecutionMetricResult, log_line, AgentError, AsyncAgent, Base64Bytes, Context, Literals, LogStream, LogsQuery,
+    MetricsQuery, Resource, SyncAgent, TaskRequest,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,7 +148,7 @@ impl AsyncAgent for EchoAsync {
 
     async fn create(&self, _ctx: &Context, task: TaskRequest) -> Result<EchoMeta, AgentError> {
         let switches = check_switches(&task).await?;
-        // Kept as they came, without decoding them: `get` decodes them to answer.
+        // Kept as they came, without decoding them; `get` answers them as they are.
         let inputs = task.encoded_inputs()?.into_iter().map(|(n, l)| (n.to_string(), Base64Bytes(l.to_vec()))).collect();
         Ok(EchoMeta { created_by: VERSION.into(), inputs, log_every_ms: switches.echo_log_every_ms })
     }
@@ -156,7 +156,7 @@ impl AsyncAgent for EchoAsync {
     async fn get(&self, _ctx: &Context, meta: EchoMeta) -> Result<Resource, AgentError> {
         let mut outputs = Literals::new();
         for (name, bytes) in meta.inputs {
-            outputs.insert(name, agent_plugin_api::decode_message::<Literal>(&bytes.0)?);
+            outputs.insert_encoded(name, bytes.0)?;
         }
         Ok(echoed(outputs).with_info("created_by", meta.created_by))
     }
