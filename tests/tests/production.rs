@@ -431,3 +431,72 @@ fn an_invalid_config_names_the_key_and_starts_nothing() {
     assert!(stderr.contains("server.port"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing started: {}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// The anonymous resident memory of a process (heaps, stacks), in KiB (`RssAnon`). Pages of
+/// code mapped from files are left out: they stay resident once used (the kernel takes them
+/// back when it needs them), more of them in a debug build.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until `pid`'s anonymous resident memory is at most `limit` KiB; the last reading, and
+/// whether it got there.
+async fn resident_at_most(pid: u32, limit: u64, within: Duration) -> (u64, bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = resident_kib(pid);
+        if now <= limit || Instant::now() > deadline {
+            return (now, now <= limit);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_freed_after_large_calls_goes_back_to_the_system_once_calls_stop() {
+    // Each burst: 32 CreateTasks of 1 MiB at once; echo keeps each one's inputs in its
+    // 1.4 MiB resource meta. Request, meta and answer buffers are freed by the host's request
+    // threads and by the plugin's own runtime thread; once calls stop, the host gives the
+    // freed pages back (an idle check every 2 s).
+    let host = agent_host_tests::HostProcess::start(&[("echo.so", echo_plugin())], "").await;
+    let pid = host.child.id();
+    let strings: Vec<String> = (0..1024).map(|i| format!("{i:04}").repeat(256)).collect();
+    let mut request = create("echo_async", None);
+    let text = |s: String| core::Literal {
+        value: Some(core::literal::Value::Scalar(Box::new(core::Scalar {
+            value: Some(core::scalar::Value::Primitive(core::Primitive { value: Some(core::primitive::Value::StringValue(s)) })),
+        }))),
+        ..Default::default()
+    };
+    let rows = core::Literal {
+        value: Some(core::literal::Value::Collection(core::LiteralCollection { literals: strings.into_iter().map(text).collect() })),
+        ..Default::default()
+    };
+    request.inputs = Some(core::LiteralMap { literals: [("rows".to_string(), rows)].into_iter().collect() });
+    // Idle after start (the host has trimmed what loading the plugin freed).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = resident_kib(pid);
+    for burst in 1..=4 {
+        let ch = host.channel().await.unwrap();
+        let calls = (0..32).map(|_| {
+            let (ch, request) = (ch.clone(), request.clone());
+            tokio::spawn(async move { unary::<_, admin::CreateTaskResponse>(ch, CREATE, request).await })
+        });
+        let mut answered = 0;
+        for call in calls.collect::<Vec<_>>() {
+            let meta = call.await.unwrap().unwrap().resource_meta;
+            assert!(meta.len() > 1 << 20, "the inputs are kept in the meta");
+            answered += 1;
+        }
+        assert_eq!(answered, 32);
+        drop(ch);
+        let busy = resident_kib(pid);
+        let (after, back) = resident_at_most(pid, idle + 6 * 1024, Duration::from_secs(10)).await;
+        assert!(
+            back,
+            "burst {burst}: {after} KiB of anonymous memory resident 10 s after the calls ({busy} KiB right after them, {idle} KiB idle)"
+        );
+    }
+}
