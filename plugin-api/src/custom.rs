@@ -43,69 +43,38 @@ pub(crate) enum Field<'a> {
     Len(&'a [u8]),
 }
 
-/// Reads one field from the front of `buf`.
+/// Reads one field from the front of `buf`, with prost's rules ([`agent_proto::wire`]); a
+/// group is left to the slow path.
 #[inline(always)]
 pub(crate) fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), GiveUp> {
-    let key = varint(buf)?;
-    // As prost: a key must fit in 32 bits, and field number 0 does not exist.
-    let number = u32::try_from(key).map_err(|_| GiveUp("key out of range".into()))? >> 3;
-    if number == 0 {
-        return give_up("field number 0");
+    use agent_proto::wire;
+    fn bad<T>() -> Result<T, GiveUp> {
+        give_up("not what prost reads")
     }
-    let field = match key & 7 {
-        0 => Field::Varint(varint(buf)?),
-        1 => {
-            let Some((head, rest)) = buf.split_first_chunk::<8>() else { return give_up("truncated fixed64") };
-            *buf = rest;
-            Field::Fixed64(u64::from_le_bytes(*head))
-        }
-        2 => {
-            let len = usize::try_from(varint(buf)?).map_err(|_| GiveUp("length out of range".into()))?;
-            if len > buf.len() {
-                return give_up("truncated field");
+    let Some((number, wire_type)) = wire::key(buf) else { return bad() };
+    let field = match wire_type {
+        wire::VARINT => match wire::varint(buf) {
+            Some(value) => Field::Varint(value),
+            None => return bad(),
+        },
+        wire::FIXED64 => match buf.split_first_chunk::<8>() {
+            Some((head, rest)) => {
+                *buf = rest;
+                Field::Fixed64(u64::from_le_bytes(*head))
             }
-            let (payload, rest) = buf.split_at(len);
-            *buf = rest;
-            Field::Len(payload)
-        }
-        5 => {
-            if buf.len() < 4 {
-                return give_up("truncated fixed32");
-            }
-            *buf = &buf[4..];
-            Field::Fixed64(0)
-        }
-        _ => return give_up("unsupported wire type"),
+            None => return bad(),
+        },
+        wire::LEN => match wire::payload(buf) {
+            Some(payload) => Field::Len(payload),
+            None => return bad(),
+        },
+        wire::FIXED32 => match wire::advance(buf, 4) {
+            Some(()) => Field::Fixed64(0),
+            None => return bad(),
+        },
+        _ => return give_up("a group"),
     };
     Ok((number, field))
-}
-
-#[inline(always)]
-fn varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
-    // Keys and short lengths take one byte.
-    if let Some((&byte, rest)) = buf.split_first() {
-        if byte < 0x80 {
-            *buf = rest;
-            return Ok(u64::from(byte));
-        }
-    }
-    long_varint(buf)
-}
-
-#[cold]
-fn long_varint(buf: &mut &[u8]) -> Result<u64, GiveUp> {
-    let mut value = 0u64;
-    let mut shift = 0;
-    while shift < 64 {
-        let Some((&byte, rest)) = buf.split_first() else { return give_up("truncated varint") };
-        *buf = rest;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-        shift += 7;
-    }
-    give_up("varint too long")
 }
 
 #[inline]
@@ -349,6 +318,16 @@ mod tests {
         assert!(from_struct_bytes::<serde_json::Value>(&twice).is_err());
         assert_eq!(slow::<serde_json::Value>(&prost_types::Struct::decode(twice.as_slice()).unwrap()).unwrap(), json!({"a": 2}));
         assert!(from_struct_bytes::<serde_json::Value>(b"\x0a\x05ab").is_err(), "truncated");
+        // A varint of ten bytes whose last would overflow 64 bits, as a `bool_value` and as
+        // the key of an unknown field: prost refuses both, so the fast path must give up.
+        let overlong = [[0xff; 9].as_slice(), &[0x02]].concat();
+        for value in [[&[0x20][..], &overlong].concat(), [&[0x38][..], &overlong].concat(), [&overlong[..], &[0x00]].concat()] {
+            let mut entry = vec![0x0a, 0x01, b'a', 0x12, value.len() as u8];
+            entry.extend(&value);
+            let bytes = [vec![0x0a, entry.len() as u8], entry].concat();
+            assert!(prost_types::Struct::decode(bytes.as_slice()).is_err(), "{bytes:02x?}");
+            assert!(from_struct_bytes::<serde_json::Value>(&bytes).is_err(), "{bytes:02x?}");
+        }
     }
 
     fn json_to_value(n: f64) -> prost_types::Value {

@@ -18,6 +18,8 @@
 // by hand.
 #![warn(clippy::all, rust_2018_idioms)]
 
+use crate::wire::{advance, key, payload, varint, END_GROUP, FIXED32, FIXED64, LEN, START_GROUP, VARINT};
+
 /// prost's recursion limit (`prost::RECURSION_LIMIT`, not exported): the budget a message
 /// decoded on its own (`Message::decode`) has for its fields.
 pub const RECURSION_LIMIT: u32 = 100;
@@ -122,14 +124,6 @@ static SHAPES: &[Shape] = {
     include!(concat!(env!("OUT_DIR"), "/shapes.rs"))
 };
 
-// Wire types.
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const FIXED32: u8 = 5;
-
 /// Checks the fields of the message of shape `shapes[shape]` encoded in `buf` (all of it),
 /// decoded with recursion counter `budget`. `None` where prost may refuse.
 fn fields(mut buf: &[u8], shapes: &'static [Shape], shape: u16, budget: u32) -> Option<()> {
@@ -193,66 +187,6 @@ fn unknown(number: u32, wire_type: u8, buf: &mut &[u8], budget: u32) -> Option<(
         },
         _ => None,
     }
-}
-
-/// A varint as prost reads it: at most ten bytes, the last one without the continuation
-/// bit; a tenth byte above 1 would overflow 64 bits and is refused.
-#[inline(always)]
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let &first = buf.first()?;
-    if first < 0x80 {
-        *buf = &buf[1..];
-        return Some(u64::from(first));
-    }
-    long_varint(buf)
-}
-
-/// A varint of two bytes or more.
-#[inline]
-fn long_varint(buf: &mut &[u8]) -> Option<u64> {
-    let mut value = 0;
-    for (i, &byte) in buf.iter().take(10).enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            if i == 9 && byte > 1 {
-                return None;
-            }
-            *buf = &buf[i + 1..];
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// A field's key as prost reads it: a varint no larger than `u32::MAX`, field number at least
-/// 1, wire type 0 to 5.
-#[inline(always)]
-fn key(buf: &mut &[u8]) -> Option<(u32, u8)> {
-    let key = varint(buf)?;
-    let wire_type = (key & 7) as u8;
-    if key > u64::from(u32::MAX) || key < 8 || wire_type > 5 {
-        return None;
-    }
-    Some(((key >> 3) as u32, wire_type))
-}
-
-/// Steps over `n` bytes, if there are that many.
-#[inline(always)]
-fn advance(buf: &mut &[u8], n: usize) -> Option<()> {
-    *buf = buf.get(n..)?;
-    Some(())
-}
-
-/// A length-delimited payload: its length, then that many bytes, which must be there.
-#[inline(always)]
-fn payload<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = varint(buf)?;
-    if len > buf.len() as u64 {
-        return None;
-    }
-    let (payload, rest) = buf.split_at(len as usize);
-    *buf = rest;
-    Some(payload)
 }
 
 #[cfg(test)]

@@ -23,3 +23,4 @@ pub use prost_types;
 
 pub mod check;
 pub mod walk;
+pub mod wire;
