@@ -259,17 +259,9 @@ impl Literals {
     /// for prost to decode (see [`crate::wire::literal_entries`]).
     fn received(raw: &Bytes, list: bool) -> Option<Self> {
         let entries = crate::wire::literal_entries(raw, list, |literal| decodes(literal, IN_INPUTS))?;
-        let mut out = Self(Vec::with_capacity(entries.len()));
-        for (name, bytes) in entries {
-            // A list keeps a repeated name at its first place, with the last value (as
-            // `insert` does); a map's entries come sorted with repeats removed.
-            if list {
-                out.put(name.to_string(), Slot::encoded(bytes));
-            } else {
-                out.0.push((name.to_string(), Slot::encoded(bytes)));
-            }
-        }
-        Some(out)
+        // A map's entries come sorted with repeats removed; a list may repeat a name.
+        let entries = if list { last_of_each_name(entries) } else { entries };
+        Some(Self(entries.into_iter().map(|(name, bytes)| (name.to_string(), Slot::encoded(bytes))).collect()))
     }
 }
 
@@ -892,14 +884,20 @@ mod tests {
         for (name, bytes) in &encoded {
             assert_eq!(decoded.get(name).unwrap(), &Literal::decode(bytes.clone()).unwrap());
         }
-        // Flyte 2: a list, kept in order.
+        // Flyte 2: a list, kept in order; a name sent twice keeps its first place and its last
+        // value, whether the inputs are read or handed out encoded.
         let list = crate::wire::NamedLiterals {
-            literals: ["z", "y"].map(|n| crate::wire::NamedLiteral { name: n.into(), value: Some(literal(7)) }).to_vec(),
+            literals: [("z", 7), ("y", 8), ("z", 9)]
+                .map(|(n, v)| crate::wire::NamedLiteral { name: n.into(), value: Some(literal(v)) })
+                .to_vec(),
         };
         let task = TaskRequest::received(Bytes::new(), list.encode_to_vec().into(), InputsWire::List, String::new(), Bytes::new());
-        let names: Vec<&str> = task.encoded_inputs().unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["z", "y"]);
-        assert_eq!(task.into_inputs().unwrap().iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(), ["z", "y"]);
+        let expected = [("z", literal(9)), ("y", literal(8))];
+        let encoded: Vec<(&str, Literal)> =
+            task.encoded_inputs().unwrap().into_iter().map(|(n, b)| (n, Literal::decode(b).unwrap())).collect();
+        assert_eq!(encoded, expected);
+        let read: Vec<(String, Literal)> = task.into_inputs().unwrap().iter().map(|(n, l)| (n.to_string(), l.clone())).collect();
+        assert_eq!(read, expected.map(|(n, l)| (n.to_string(), l)));
         // Built in Rust: encoded from the values.
         let built = TaskRequest::new("t").with_input("k", 5);
         assert_eq!(built.encoded_inputs().unwrap(), [("k", Bytes::from(literal(5).encode_to_vec()))]);
