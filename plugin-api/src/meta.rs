@@ -80,10 +80,36 @@ impl Serialize for Base64Bytes {
 
 impl<'de> Deserialize<'de> for Base64Bytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use base64::Engine;
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map(Base64Bytes).map_err(serde::de::Error::custom)
+        // Decoded from the text where the deserializer has it (borrowed from the input when it
+        // has no escapes), not from an owned copy: serde's `Cow<str>` always copies.
+        d.deserialize_str(Base64Visitor)
     }
+}
+
+struct Base64Visitor;
+
+impl serde::de::Visitor<'_> for Base64Visitor {
+    type Value = Base64Bytes;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a base64 string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Base64Bytes, E> {
+        decode_base64(text.as_bytes()).map(Base64Bytes).map_err(E::custom)
+    }
+}
+
+/// Standard padded base64 into a vector of exactly the decoded length, so that a `Bytes` made
+/// from it (`Literals::insert_encoded`) keeps the vector's buffer instead of allocating a
+/// header for a buffer longer than its contents, as base64's `decode` would leave it.
+fn decode_base64(text: &[u8]) -> Result<Vec<u8>, base64::DecodeSliceError> {
+    use base64::Engine;
+    let padding = text.iter().rev().take(2).take_while(|&&b| b == b'=').count();
+    let mut out = vec![0; (text.len() / 4 * 3).saturating_sub(padding)];
+    let n = base64::engine::general_purpose::STANDARD.decode_slice(text, &mut out)?;
+    out.truncate(n);
+    Ok(out)
 }
 
 /// Appends `meta` in the envelope to `out`: the bytes `serde_json` writes for [`EnvelopeOut`]
@@ -151,6 +177,37 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", base64::engine::general_purpose::STANDARD.encode(&bytes)), "{len} bytes");
             assert_eq!(serde_json::from_str::<Base64Bytes>(&json).unwrap().0, bytes);
         }
+    }
+
+    #[test]
+    fn base64_reads_as_base64_decodes_it_into_a_vector_of_its_length() {
+        use base64::Engine;
+        let standard = base64::engine::general_purpose::STANDARD;
+        let mut texts: Vec<String> =
+            (0..200usize).map(|len| standard.encode((0..len).map(|i| (i * 31 % 256) as u8).collect::<Vec<_>>())).collect();
+        // And what base64 refuses: bad lengths, padding missing, misplaced or extra, stray bits
+        // in the last symbol, characters outside the alphabet.
+        texts.extend(
+            ["A", "AB", "ABC", "AB=", "A===", "AB==C", "QQ==QQ==", "QR==", "QUI=QQ", "QUJD=", "Q?==", "QUJD\n", "====", "Q==="]
+                .map(String::from),
+        );
+        for text in texts {
+            let expected = standard.decode(&text).ok();
+            // Borrowed from the input, copied out of an escaped string, and from a `Value`.
+            let escaped = text.replace('Q', "\\u0051");
+            let read = [
+                serde_json::from_str::<Base64Bytes>(&format!("\"{text}\"")),
+                serde_json::from_str::<Base64Bytes>(&format!("\"{escaped}\"")),
+                serde_json::from_value::<Base64Bytes>(serde_json::Value::String(text.clone())),
+            ];
+            for got in read {
+                assert_eq!(got.as_ref().ok().map(|b| &b.0), expected.as_ref(), "{text:?}");
+                if let Ok(Base64Bytes(bytes)) = got {
+                    assert_eq!(bytes.capacity(), bytes.len(), "{text:?}");
+                }
+            }
+        }
+        assert!(serde_json::from_str::<Base64Bytes>("17").is_err(), "a number is not base64");
     }
 
     #[test]
