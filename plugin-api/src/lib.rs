@@ -73,6 +73,11 @@ pub use agent::{AsyncAgent, SyncAgent};
 pub use context::Context;
 pub use error::{AgentError, ErrorKind};
 pub use meta::Base64Bytes;
+
+/// The shared byte buffer of encoded literals ([`TaskRequest::encoded_inputs`],
+/// [`Literals::insert_encoded`]) and of [`Base64Bytes`], re-exported so that plugins can name it
+/// without another dependency.
+pub use bytes::Bytes;
 pub use task::{log_line, Literals, LogStream, LogsQuery, MetricsQuery, Protocol, Resource, TaskRequest};
 
 /// The typed Flyte messages (Flyte 1 shapes, which also read Flyte 2 requests).

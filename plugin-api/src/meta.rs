@@ -17,6 +17,7 @@
 //! instead as [`STORED_RESULT`] followed by an encoded Flyte 2 `Resource`; JSON never starts with
 //! that prefix, so the two never mix.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{AgentError, AsyncAgent};
@@ -52,29 +53,64 @@ struct EnvelopeTyped<M> {
 /// larger than the bytes, where serde's default for a `Vec<u8>` (a JSON array of numbers) is up
 /// to four times larger and slower to read.
 ///
+/// It holds [`Bytes`], so that bytes the agent already has as `Bytes` (an input literal from
+/// [`crate::TaskRequest::encoded_inputs`]) go into its meta without a copy, and bytes read back
+/// go on as they are ([`crate::Literals::insert_encoded`]). A `Vec<u8>` converts with `into()`.
+///
 /// ```
 /// use agent_plugin_api::Base64Bytes;
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct Job {
 ///     token: Base64Bytes,
 /// }
-/// let json = serde_json::to_string(&Job { token: Base64Bytes(vec![0, 1, 2, 255]) }).unwrap();
+/// let json = serde_json::to_string(&Job { token: Base64Bytes(vec![0, 1, 2, 255].into()) }).unwrap();
 /// assert_eq!(json, r#"{"token":"AAEC/w=="}"#);
-/// assert_eq!(serde_json::from_str::<Job>(&json).unwrap().token.0, [0, 1, 2, 255]);
+/// assert_eq!(serde_json::from_str::<Job>(&json).unwrap().token.0, [0, 1, 2, 255][..]);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Base64Bytes(pub Vec<u8>);
+pub struct Base64Bytes(pub Bytes);
+
+impl From<Vec<u8>> for Base64Bytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes.into())
+    }
+}
+
+impl From<Bytes> for Base64Bytes {
+    fn from(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+}
 
 impl Serialize for Base64Bytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine;
-        // Encoded whole, then handed over as one string: `collect_str` would take it piece by
-        // piece through `fmt`, several times slower. Up to 768 bytes (most metas) on the stack.
+        // Up to 768 bytes (most metas): encoded on the stack, then handed over as one string
+        // (`collect_str` takes a string piece by piece through `fmt`, several times slower for
+        // short ones).
         let mut text = [0u8; 1024];
         match base64::engine::general_purpose::STANDARD.encode_slice(&self.0, &mut text) {
             Ok(n) => s.serialize_str(std::str::from_utf8(&text[..n]).map_err(serde::ser::Error::custom)?),
-            Err(_) => s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0)),
+            // Longer: in pieces of 4 KiB of text, rather than into a zeroed `String` as long as
+            // the whole text that is then checked for UTF-8 and copied.
+            Err(_) => s.collect_str(&InPieces(&self.0)),
         }
+    }
+}
+
+/// Base64 of bytes written in pieces: 3 KiB of bytes (a multiple of 3, so only the last piece
+/// is padded, and the pieces join into the base64 of the whole) to 4 KiB of text at a time.
+struct InPieces<'a>(&'a [u8]);
+
+impl std::fmt::Display for InPieces<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine;
+        let mut text = [0u8; 4096];
+        for piece in self.0.chunks(3072) {
+            let n = base64::engine::general_purpose::STANDARD.encode_slice(piece, &mut text).map_err(|_| std::fmt::Error)?;
+            f.write_str(std::str::from_utf8(&text[..n]).map_err(|_| std::fmt::Error)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -96,7 +132,7 @@ impl serde::de::Visitor<'_> for Base64Visitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Base64Bytes, E> {
-        decode_base64(text.as_bytes()).map(Base64Bytes).map_err(E::custom)
+        decode_base64(text.as_bytes()).map(|bytes| Base64Bytes(bytes.into())).map_err(E::custom)
     }
 }
 
@@ -170,10 +206,11 @@ mod tests {
     #[test]
     fn base64_is_written_whole_at_every_size() {
         use base64::Engine;
-        // Both sides of the stack buffer's limit (768 bytes encode to exactly 1024).
-        for len in [0, 1, 2, 3, 767, 768, 769, 5000] {
+        // Both sides of the stack buffer's limit (768 bytes encode to exactly 1024), and of the
+        // pieces' (3 KiB each) beyond it.
+        for len in [0, 1, 2, 3, 767, 768, 769, 3071, 3072, 3073, 3074, 6144, 6145, 10_000] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
-            let json = serde_json::to_string(&Base64Bytes(bytes.clone())).unwrap();
+            let json = serde_json::to_string(&Base64Bytes::from(bytes.clone())).unwrap();
             assert_eq!(json, format!("\"{}\"", base64::engine::general_purpose::STANDARD.encode(&bytes)), "{len} bytes");
             assert_eq!(serde_json::from_str::<Base64Bytes>(&json).unwrap().0, bytes);
         }
@@ -201,10 +238,10 @@ mod tests {
                 serde_json::from_value::<Base64Bytes>(serde_json::Value::String(text.clone())),
             ];
             for got in read {
-                assert_eq!(got.as_ref().ok().map(|b| &b.0), expected.as_ref(), "{text:?}");
-                if let Ok(Base64Bytes(bytes)) = got {
-                    assert_eq!(bytes.capacity(), bytes.len(), "{text:?}");
-                }
+                assert_eq!(got.ok().map(|b| b.0.to_vec()), expected, "{text:?}");
+            }
+            if let Ok(bytes) = decode_base64(text.as_bytes()) {
+                assert_eq!(bytes.capacity(), bytes.len(), "{text:?}");
             }
         }
         assert!(serde_json::from_str::<Base64Bytes>("17").is_err(), "a number is not base64");

@@ -138,7 +138,7 @@ impl AsyncAgent for EchoAsync {
     fn upgrade_meta(version: u32, meta: serde_json::Value) -> Result<EchoMeta, AgentError> {
         let old: EchoMetaV1 = serde_json::from_value(meta)
             .map_err(|e| AgentError::precondition(format!("echo meta of format version {version} does not read: {e}")))?;
-        let inputs = old.inputs.into_iter().map(|(n, b)| (n, Base64Bytes(b))).collect();
+        let inputs = old.inputs.into_iter().map(|(n, b)| (n, Base64Bytes::from(b))).collect();
         Ok(EchoMeta { created_by: old.created_by, inputs, log_every_ms: old.log_every_ms })
     }
 
@@ -148,8 +148,9 @@ impl AsyncAgent for EchoAsync {
 
     async fn create(&self, _ctx: &Context, task: TaskRequest) -> Result<EchoMeta, AgentError> {
         let switches = check_switches(&task).await?;
-        // Kept as they came, without decoding them; `get` answers them as they are.
-        let inputs = task.encoded_inputs()?.into_iter().map(|(n, l)| (n.to_string(), Base64Bytes(l.to_vec()))).collect();
+        // Kept as they came (slices of the request), without decoding or copying them; `get`
+        // answers them as they are.
+        let inputs = task.encoded_inputs()?.into_iter().map(|(n, l)| (n.to_string(), Base64Bytes(l))).collect();
         Ok(EchoMeta { created_by: VERSION.into(), inputs, log_every_ms: switches.echo_log_every_ms })
     }
 
