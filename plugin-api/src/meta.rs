@@ -99,7 +99,12 @@ impl Serialize for Base64Bytes {
                 json.push('"');
                 base64::engine::general_purpose::STANDARD.encode_string(&self.0, &mut json);
                 json.push('"');
-                serde_json::value::RawValue::from_string(json).map_err(serde::ser::Error::custom)?.serialize(s)
+                // SAFETY: `json` is one JSON string and nothing else: a quote, characters of
+                // the standard base64 alphabet (letters, digits, `+`, `/`, `=`), none of which
+                // JSON escapes, and a closing quote. (serde_json checks this in debug builds,
+                // so the tests check it; checking it here would scan the text again, a third
+                // of the time saved.)
+                unsafe { serde_json::value::RawValue::from_string_unchecked(json) }.serialize(s)
             }
             // Longer, to any other serializer: a string, written in pieces of 4 KiB of text
             // (rather than into a zeroed `String` as long as the whole, checked for UTF-8).
