@@ -33,6 +33,12 @@ fn give_up<T>(why: &str) -> Result<T, GiveUp> {
 
 /// `T` from the bytes of an encoded `google.protobuf.Struct`.
 pub(crate) fn from_struct_bytes<T: de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GiveUp> {
+    // Only bytes prost decodes on their own (`Struct::decode`, as the slow path does): its
+    // wire rules and its recursion limit, which the readers below do not count. Past this,
+    // what `T` does not read is skipped unread.
+    if !agent_proto::check::protobuf_struct(bytes, agent_proto::check::RECURSION_LIMIT) {
+        return give_up("not what prost decodes");
+    }
     T::deserialize(StructDe(bytes))
 }
 
@@ -226,9 +232,14 @@ impl<'de> Deserializer<'de> for ValueDe<'de> {
         give_up("enums are read the slow way")
     }
 
+    /// A value `T` does not read: skipped, as `from_struct_bytes` checked it.
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        visitor.visit_unit()
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit unit_struct
-        newtype_struct seq tuple tuple_struct map struct identifier ignored_any
+        newtype_struct seq tuple tuple_struct map struct identifier
     }
 }
 
@@ -328,6 +339,29 @@ mod tests {
             assert!(prost_types::Struct::decode(bytes.as_slice()).is_err(), "{bytes:02x?}");
             assert!(from_struct_bytes::<serde_json::Value>(&bytes).is_err(), "{bytes:02x?}");
         }
+    }
+
+    #[test]
+    fn nesting_is_read_as_deep_as_prost_decodes_it() {
+        #[derive(serde::Deserialize)]
+        struct OnlyName {
+            #[allow(dead_code)]
+            name: String,
+        }
+        let mut nested = json!(1);
+        for depth in 0..40 {
+            let s = json_to_struct(&json!({"name": "n", "deep": nested}));
+            let bytes = s.encode_to_vec();
+            let prost_reads = prost_types::Struct::decode(bytes.as_slice()).is_ok();
+            // Read whole, and with the nested value skipped unread.
+            assert_eq!(from_struct_bytes::<serde_json::Value>(&bytes).is_ok(), prost_reads, "depth {depth}");
+            assert_eq!(from_struct_bytes::<OnlyName>(&bytes).is_ok(), prost_reads, "depth {depth}");
+            if prost_reads {
+                assert_eq!(from_struct_bytes::<serde_json::Value>(&bytes).unwrap(), slow::<serde_json::Value>(&s).unwrap());
+            }
+            nested = json!({"k": [nested]});
+        }
+        assert!(from_struct_bytes::<serde_json::Value>(&json_to_struct(&json!({"deep": nested})).encode_to_vec()).is_err());
     }
 
     fn json_to_value(n: f64) -> prost_types::Value {

@@ -57,6 +57,36 @@ pub fn literal(bytes: &[u8], budget: u32) -> bool {
     fields(bytes, SHAPES, 0, budget.min(RECURSION_LIMIT)).is_some()
 }
 
+/// Whether `bytes`, an encoded `google.protobuf.Struct` (a task template's `custom`), will
+/// decode with prost, its fields decoded with recursion counter `budget`: [`RECURSION_LIMIT`]
+/// for `Struct::decode(bytes)`. The same contract as [`literal`]'s, for a `Struct`.
+#[must_use]
+pub fn protobuf_struct(bytes: &[u8], budget: u32) -> bool {
+    fields(bytes, SHAPES, STRUCT, budget.min(RECURSION_LIMIT)).is_some()
+}
+
+/// Where `google.protobuf.Struct` is in the table (a `Literal` reaches it as a scalar's
+/// `generic`).
+const STRUCT: u16 = shape_named("google.protobuf.Struct");
+
+const fn shape_named(name: &str) -> u16 {
+    let mut i = 0;
+    while i < SHAPES.len() {
+        if SHAPES[i].name.len() == name.len() {
+            let (a, b) = (SHAPES[i].name.as_bytes(), name.as_bytes());
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i as u16;
+            }
+        }
+        i += 1;
+    }
+    panic!("not in the shape table")
+}
+
 /// How prost reads one field of a message: the wire type it requires and what it checks of
 /// the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1084,6 +1114,41 @@ mod tests {
             // otherwise: any refusal of what prost decodes is a difference to look into.
             assert_eq!(get((false, true)), 0, "{place}: {tally:?}, e.g. {examples:02x?}");
         }
+    }
+
+    #[test]
+    fn structs_are_judged_as_prost_judges_them() {
+        let prost = |bytes: &[u8]| Struct::decode(bytes).is_ok();
+        let one = |key: &str, value: Value| Struct { fields: BTreeMap::from([(key.to_string(), value)]) };
+        // A template's `custom` as Flyte's plugins write it, and every kind of value.
+        let realistic = one("limits", json(Json::StructValue(one("rows", json(Json::NumberValue(1e5))))));
+        let samples: Vec<Vec<u8>> = [Struct::default(), generic(), realistic].iter().map(Message::encode_to_vec).collect();
+        for bytes in &samples {
+            assert!(protobuf_struct(bytes, RECURSION_LIMIT) && prost(bytes), "{bytes:02x?}");
+        }
+        // Nested structs (three levels of prost's counter each) and lists (two each), past
+        // the limit.
+        let (mut in_structs, mut in_lists) = (Struct::default(), one("l", json(Json::NullValue(0))));
+        for depth in 0..40 {
+            for bytes in [in_structs.encode_to_vec(), in_lists.encode_to_vec()] {
+                assert_eq!(protobuf_struct(&bytes, RECURSION_LIMIT), prost(&bytes), "depth {depth}: {bytes:02x?}");
+                assert!(!protobuf_struct(&bytes, 0) || bytes.is_empty());
+            }
+            in_structs = one("s", json(Json::StructValue(in_structs)));
+            let list = ListValue { values: vec![in_lists.fields.remove("l").expect("set")] };
+            in_lists.fields.insert("l".into(), json(Json::ListValue(list)));
+        }
+        assert!(!prost(&in_structs.encode_to_vec()), "the nesting reached the limit");
+        // Mutants, both ways.
+        let mut rng = Rng(0xc0ffee);
+        let mut tally: BTreeMap<(bool, bool), usize> = BTreeMap::new();
+        for _ in 0..20_000 {
+            let mutant = mutate(&samples[1 + rng.below(samples.len() - 1)], &mut rng);
+            let verdict = (protobuf_struct(&mutant, RECURSION_LIMIT), prost(&mutant));
+            assert_eq!(verdict.0, verdict.1, "{mutant:02x?}");
+            *tally.entry(verdict).or_default() += 1;
+        }
+        assert!(tally.len() == 2 && tally.values().all(|&n| n > 1_000), "{tally:?}");
     }
 
     /// A small deterministic xorshift generator.
