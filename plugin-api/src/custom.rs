@@ -4,8 +4,14 @@
 //! It reads the wire format as [`crate::json::struct_to_json`] would convert it: a `Value`
 //! without a kind, or a `null_value`, is null; whole numbers below 9e15 are integers, other
 //! finite numbers floats, and non-finite ones null (JSON has no NaN). What this reader does
-//! not take (an enum, a repeated key, bad wire data) is an error, and the caller then reads the
-//! slow way, which is the reference: its answers and its error messages are the ones agents see.
+//! not take (an enum, a repeated key, a value with more than one kind, a map entry with two
+//! values, a group) is an error, and the caller then reads the slow way (`Struct::decode`,
+//! then JSON), which is the reference: its answers and its error messages are the ones agents
+//! see. So that it never reads what the slow way refuses, it follows prost's rules on the
+//! wire as it reads: wire types, UTF-8, and prost's recursion counter, entries and unknown
+//! fields included; a value the agent's type does not read is checked by
+//! [`agent_proto::check::protobuf_value`] instead of being read. A mutation test holds it to
+//! the slow way.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -31,15 +37,18 @@ fn give_up<T>(why: &str) -> Result<T, GiveUp> {
     Err(GiveUp(why.to_string()))
 }
 
-/// `T` from the bytes of an encoded `google.protobuf.Struct`.
+/// `T` from the bytes of an encoded `google.protobuf.Struct`, decoded on its own (as the
+/// slow path's `Struct::decode`).
 pub(crate) fn from_struct_bytes<T: de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GiveUp> {
-    // Only bytes prost decodes on their own (`Struct::decode`, as the slow path does): its
-    // wire rules and its recursion limit, which the readers below do not count. Past this,
-    // what `T` does not read is skipped unread.
-    if !agent_proto::check::protobuf_struct(bytes, agent_proto::check::RECURSION_LIMIT) {
-        return give_up("not what prost decodes");
-    }
-    T::deserialize(StructDe(bytes))
+    T::deserialize(StructDe { buf: bytes, budget: agent_proto::check::RECURSION_LIMIT })
+}
+
+/// prost's recursion counter, as [`agent_proto::check`] describes it: each reader below holds
+/// the value its message's fields are decoded with. Entering a message (a map entry, a message
+/// field, an item of a repeated message) needs it above zero and goes one down, and so does
+/// skipping an unknown field; prost refuses at zero.
+fn enter(budget: u32) -> Result<u32, GiveUp> {
+    budget.checked_sub(1).ok_or_else(|| GiveUp("prost's recursion limit".into()))
 }
 
 /// A field of an encoded message: number and payload.
@@ -89,13 +98,16 @@ fn text(bytes: &[u8]) -> Result<&str, GiveUp> {
 }
 
 /// An encoded `Struct` (`map<string, Value> fields = 1`).
-struct StructDe<'a>(&'a [u8]);
+struct StructDe<'a> {
+    buf: &'a [u8],
+    budget: u32,
+}
 
 impl<'de> Deserializer<'de> for StructDe<'de> {
     type Error = GiveUp;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
-        visitor.visit_map(Entries { buf: self.0, value: None, seen: Seen::default() })
+        visitor.visit_map(Entries { buf: self.buf, budget: self.budget, value: None, seen: Seen::default() })
     }
 
     fn deserialize_enum<V: Visitor<'de>>(self, _: &'static str, _: &'static [&'static str], _: V) -> Result<V::Value, GiveUp> {
@@ -111,7 +123,9 @@ impl<'de> Deserializer<'de> for StructDe<'de> {
 /// The entries of a `Struct`, as a serde map.
 struct Entries<'a> {
     buf: &'a [u8],
-    value: Option<&'a [u8]>,
+    budget: u32,
+    /// The value of the entry whose key was just read, with its budget.
+    value: Option<ValueDe<'a>>,
     /// Keys so far: a repeated key is left to the slow path (a protobuf map keeps the last).
     seen: Seen<'a>,
 }
@@ -121,20 +135,33 @@ impl<'de> MapAccess<'de> for Entries<'de> {
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, GiveUp> {
         while !self.buf.is_empty() {
-            let (number, field) = next_field(&mut self.buf)?;
-            let (1, Field::Len(entry)) = (number, field) else { continue };
-            let (mut key, mut value, mut rest) = ("", &[][..], entry);
+            let entry = match next_field(&mut self.buf)? {
+                (1, Field::Len(entry)) => entry,
+                (1, _) => return give_up("a Struct entry of the wrong wire type"),
+                _ => {
+                    enter(self.budget)?;
+                    continue;
+                }
+            };
+            let inner = enter(self.budget)?;
+            let (mut key, mut value, mut rest) = ("", None, entry);
             while !rest.is_empty() {
                 match next_field(&mut rest)? {
+                    // A key sent twice: the last, as prost.
                     (1, Field::Len(k)) => key = text(k)?,
-                    (2, Field::Len(v)) => value = v,
-                    _ => {}
+                    // A value sent twice would be merged by prost.
+                    (2, Field::Len(v)) if value.is_none() => value = Some(ValueDe { buf: v, budget: enter(inner)? }),
+                    (1 | 2, _) => return give_up("an entry's field of the wrong wire type, or a value twice"),
+                    _ => {
+                        enter(inner)?;
+                    }
                 }
             }
             if !self.seen.insert(key) {
                 return give_up("a repeated key");
             }
-            self.value = Some(value);
+            // No value: prost's default `Value`, which is null.
+            self.value = Some(value.unwrap_or(ValueDe { buf: &[], budget: 0 }));
             return seed.deserialize(de::value::BorrowedStrDeserializer::new(key)).map(Some);
         }
         Ok(None)
@@ -142,7 +169,7 @@ impl<'de> MapAccess<'de> for Entries<'de> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, GiveUp> {
         let value = self.value.take().ok_or_else(|| GiveUp("a value without its key".into()))?;
-        seed.deserialize(ValueDe(value))
+        seed.deserialize(value)
     }
 }
 
@@ -181,12 +208,15 @@ enum Kind<'a> {
     List(&'a [u8]),
 }
 
-/// An encoded `google.protobuf.Value`.
-struct ValueDe<'a>(&'a [u8]);
+/// An encoded `google.protobuf.Value`, and the budget its fields are decoded with.
+struct ValueDe<'a> {
+    buf: &'a [u8],
+    budget: u32,
+}
 
 impl<'a> ValueDe<'a> {
     fn kind(&self) -> Result<Kind<'a>, GiveUp> {
-        let (mut buf, mut kind) = (self.0, Kind::Null);
+        let (mut buf, mut kind, mut kinds) = (self.buf, Kind::Null, 0);
         while !buf.is_empty() {
             kind = match next_field(&mut buf)? {
                 (1, Field::Varint(_)) => Kind::Null,
@@ -196,8 +226,17 @@ impl<'a> ValueDe<'a> {
                 (5, Field::Len(s)) => Kind::Struct(s),
                 (6, Field::Len(l)) => Kind::List(l),
                 (1..=6, _) => return give_up("a Value field of the wrong wire type"),
-                _ => kind,
+                _ => {
+                    enter(self.budget)?;
+                    continue;
+                }
             };
+            kinds += 1;
+        }
+        // prost keeps the last of several, but decodes (and may refuse) each, and merges two
+        // structs or two lists: left to it.
+        if kinds > 1 {
+            return give_up("a Value with more than one kind");
         }
         Ok(kind)
     }
@@ -215,8 +254,8 @@ impl<'de> Deserializer<'de> for ValueDe<'de> {
             Kind::Number(_) => visitor.visit_unit(),
             Kind::Text(s) => visitor.visit_borrowed_str(s),
             Kind::Bool(b) => visitor.visit_bool(b),
-            Kind::Struct(s) => StructDe(s).deserialize_any(visitor),
-            Kind::List(l) => visitor.visit_seq(Items(l)),
+            Kind::Struct(s) => StructDe { buf: s, budget: enter(self.budget)? }.deserialize_any(visitor),
+            Kind::List(l) => visitor.visit_seq(Items { buf: l, budget: enter(self.budget)? }),
         }
     }
 
@@ -232,9 +271,12 @@ impl<'de> Deserializer<'de> for ValueDe<'de> {
         give_up("enums are read the slow way")
     }
 
-    /// A value `T` does not read: skipped, as `from_struct_bytes` checked it.
+    /// A value `T` does not read: checked as prost would decode it, without reading it.
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
-        visitor.visit_unit()
+        match agent_proto::check::protobuf_value(self.buf, self.budget) {
+            true => visitor.visit_unit(),
+            false => give_up("not what prost decodes"),
+        }
     }
 
     serde::forward_to_deserialize_any! {
@@ -244,15 +286,22 @@ impl<'de> Deserializer<'de> for ValueDe<'de> {
 }
 
 /// The values of an encoded `ListValue` (`repeated Value values = 1`).
-struct Items<'a>(&'a [u8]);
+struct Items<'a> {
+    buf: &'a [u8],
+    budget: u32,
+}
 
 impl<'de> SeqAccess<'de> for Items<'de> {
     type Error = GiveUp;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, GiveUp> {
-        while !self.0.is_empty() {
-            if let (1, Field::Len(v)) = next_field(&mut self.0)? {
-                return seed.deserialize(ValueDe(v)).map(Some);
+        while !self.buf.is_empty() {
+            match next_field(&mut self.buf)? {
+                (1, Field::Len(v)) => return seed.deserialize(ValueDe { buf: v, budget: enter(self.budget)? }).map(Some),
+                (1, _) => return give_up("a list item of the wrong wire type"),
+                _ => {
+                    enter(self.budget)?;
+                }
             }
         }
         Ok(None)
@@ -362,6 +411,52 @@ mod tests {
             nested = json!({"k": [nested]});
         }
         assert!(from_struct_bytes::<serde_json::Value>(&json_to_struct(&json!({"deep": nested})).encode_to_vec()).is_err());
+    }
+
+    #[test]
+    fn what_the_fast_path_reads_is_what_the_slow_path_reads() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Some2 {
+            region: Option<String>,
+            limits: Option<serde_json::Value>,
+        }
+        let samples: Vec<Vec<u8>> = [
+            json!({"warehouse": "analytics", "region": "us-east-1", "query": "SELECT 1", "limits": {"timeout_s": 600, "rows": 1e5}}),
+            json!({"a": [1, "b", null, true, {"deep": [[]]}], "e": {}, "region": "ü", "t": false, "n": -0.5}),
+        ]
+        .iter()
+        .map(|v| json_to_struct(v).encode_to_vec())
+        .collect();
+        let mut next = crate::mutate::generator(0xfeed);
+        let (mut both, mut slow_only) = (0, 0);
+        for i in 0..30_000 {
+            let mut bytes = samples[i % samples.len()].clone();
+            for _ in 0..=next(3) {
+                bytes = crate::mutate::mutated(&bytes, &mut next);
+            }
+            let slow_struct = prost_types::Struct::decode(bytes.as_slice());
+            let fast_value = from_struct_bytes::<serde_json::Value>(&bytes);
+            let fast_typed = from_struct_bytes::<Some2>(&bytes);
+            match &slow_struct {
+                Ok(s) => {
+                    if let Ok(v) = &fast_value {
+                        assert_eq!(*v, slow::<serde_json::Value>(s).unwrap(), "{bytes:02x?}");
+                        both += 1;
+                    } else {
+                        slow_only += 1;
+                    }
+                    if let Ok(t) = &fast_typed {
+                        assert_eq!(Some(t), slow::<Some2>(s).ok().as_ref(), "{bytes:02x?}");
+                    }
+                }
+                Err(_) => {
+                    assert!(fast_value.is_err() && fast_typed.is_err(), "prost refuses {bytes:02x?}, the fast path read it");
+                }
+            }
+        }
+        // Mostly read on the fast path; what it leaves (repeated keys, several kinds in one
+        // value, groups) is rare.
+        assert!(both > 2_000 && slow_only < both / 10, "fast and slow {both}, slow only {slow_only}");
     }
 
     fn json_to_value(n: f64) -> prost_types::Value {

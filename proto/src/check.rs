@@ -57,17 +57,18 @@ pub fn literal(bytes: &[u8], budget: u32) -> bool {
     fields(bytes, SHAPES, 0, budget.min(RECURSION_LIMIT)).is_some()
 }
 
-/// Whether `bytes`, an encoded `google.protobuf.Struct` (a task template's `custom`), will
-/// decode with prost, its fields decoded with recursion counter `budget`: [`RECURSION_LIMIT`]
-/// for `Struct::decode(bytes)`. The same contract as [`literal`]'s, for a `Struct`.
+/// Whether `bytes`, an encoded `google.protobuf.Value` (found in a task template's `custom`),
+/// will decode with prost, its fields decoded with recursion counter `budget`:
+/// [`RECURSION_LIMIT`] for `Value::decode(bytes)`. The same contract as [`literal`]'s, for a
+/// `Value`.
 #[must_use]
-pub fn protobuf_struct(bytes: &[u8], budget: u32) -> bool {
-    fields(bytes, SHAPES, STRUCT, budget.min(RECURSION_LIMIT)).is_some()
+pub fn protobuf_value(bytes: &[u8], budget: u32) -> bool {
+    fields(bytes, SHAPES, VALUE, budget.min(RECURSION_LIMIT)).is_some()
 }
 
-/// Where `google.protobuf.Struct` is in the table (a `Literal` reaches it as a scalar's
-/// `generic`).
-const STRUCT: u16 = shape_named("google.protobuf.Struct");
+/// Where `google.protobuf.Value` is in the table (a `Literal` reaches it through a scalar's
+/// `generic` struct).
+const VALUE: u16 = shape_named("google.protobuf.Value");
 
 const fn shape_named(name: &str) -> u16 {
     let mut i = 0;
@@ -1117,34 +1118,49 @@ mod tests {
     }
 
     #[test]
-    fn structs_are_judged_as_prost_judges_them() {
-        let prost = |bytes: &[u8]| Struct::decode(bytes).is_ok();
+    fn values_are_judged_as_prost_judges_them() {
+        let prost = |bytes: &[u8]| Value::decode(bytes).is_ok();
         let one = |key: &str, value: Value| Struct { fields: BTreeMap::from([(key.to_string(), value)]) };
+        let in_struct = |s: Struct| json(Json::StructValue(s));
         // A template's `custom` as Flyte's plugins write it, and every kind of value.
-        let realistic = one("limits", json(Json::StructValue(one("rows", json(Json::NumberValue(1e5))))));
-        let samples: Vec<Vec<u8>> = [Struct::default(), generic(), realistic].iter().map(Message::encode_to_vec).collect();
+        let realistic = in_struct(one("limits", in_struct(one("rows", json(Json::NumberValue(1e5))))));
+        let samples: Vec<Vec<u8>> = [Value::default(), in_struct(generic()), realistic].iter().map(Message::encode_to_vec).collect();
         for bytes in &samples {
-            assert!(protobuf_struct(bytes, RECURSION_LIMIT) && prost(bytes), "{bytes:02x?}");
+            assert!(protobuf_value(bytes, RECURSION_LIMIT) && prost(bytes), "{bytes:02x?}");
         }
         // Nested structs (three levels of prost's counter each) and lists (two each), past
-        // the limit.
-        let (mut in_structs, mut in_lists) = (Struct::default(), one("l", json(Json::NullValue(0))));
-        for depth in 0..40 {
+        // the limit, at every budget.
+        let (mut in_structs, mut in_lists) = (json(Json::NullValue(0)), json(Json::NullValue(0)));
+        for depth in 0..60 {
             for bytes in [in_structs.encode_to_vec(), in_lists.encode_to_vec()] {
-                assert_eq!(protobuf_struct(&bytes, RECURSION_LIMIT), prost(&bytes), "depth {depth}: {bytes:02x?}");
-                assert!(!protobuf_struct(&bytes, 0) || bytes.is_empty());
+                assert_eq!(protobuf_value(&bytes, RECURSION_LIMIT), prost(&bytes), "depth {depth}: {bytes:02x?}");
+                // Every budget: the value inside `lists` lists (two of prost's levels each), and
+                // `structs` structs (three each), is decoded with what is left.
+                for lists in 0..=50u32 {
+                    for structs in 0..=1u32 {
+                        let Some(budget) = RECURSION_LIMIT.checked_sub(2 * lists + 3 * structs) else { continue };
+                        let mut wrapped = bytes.clone();
+                        for _ in 0..structs {
+                            let entry = [len_field(1, b"k"), len_field(2, &wrapped)].concat();
+                            wrapped = len_field(5, &len_field(1, &entry));
+                        }
+                        for _ in 0..lists {
+                            wrapped = len_field(6, &len_field(1, &wrapped));
+                        }
+                        assert_eq!(protobuf_value(&bytes, budget), prost(&wrapped), "depth {depth}, budget {budget}");
+                    }
+                }
             }
-            in_structs = one("s", json(Json::StructValue(in_structs)));
-            let list = ListValue { values: vec![in_lists.fields.remove("l").expect("set")] };
-            in_lists.fields.insert("l".into(), json(Json::ListValue(list)));
+            in_structs = in_struct(one("s", in_structs));
+            in_lists = json(Json::ListValue(ListValue { values: vec![in_lists] }));
         }
-        assert!(!prost(&in_structs.encode_to_vec()), "the nesting reached the limit");
+        assert!(!prost(&in_structs.encode_to_vec()) && !prost(&in_lists.encode_to_vec()), "the nesting reached the limit");
         // Mutants, both ways.
         let mut rng = Rng(0xc0ffee);
         let mut tally: BTreeMap<(bool, bool), usize> = BTreeMap::new();
         for _ in 0..20_000 {
             let mutant = mutate(&samples[1 + rng.below(samples.len() - 1)], &mut rng);
-            let verdict = (protobuf_struct(&mutant, RECURSION_LIMIT), prost(&mutant));
+            let verdict = (protobuf_value(&mutant, RECURSION_LIMIT), prost(&mutant));
             assert_eq!(verdict.0, verdict.1, "{mutant:02x?}");
             *tally.entry(verdict).or_default() += 1;
         }
