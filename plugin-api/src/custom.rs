@@ -47,6 +47,7 @@ pub(crate) fn from_struct_bytes<T: de::DeserializeOwned>(bytes: &[u8]) -> Result
 /// the value its message's fields are decoded with. Entering a message (a map entry, a message
 /// field, an item of a repeated message) needs it above zero and goes one down, and so does
 /// skipping an unknown field; prost refuses at zero.
+#[inline]
 fn enter(budget: u32) -> Result<u32, GiveUp> {
     budget.checked_sub(1).ok_or_else(|| GiveUp("prost's recursion limit".into()))
 }
