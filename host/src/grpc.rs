@@ -1,9 +1,10 @@
 //! The gRPC surface: Flyte 1 and Flyte 2 services on one port, health and reflection beside.
 //!
-//! The agent services are served with a pass-through codec: tonic frames and unframes the
-//! messages, the host reads only the routing fields and hands the plugin the bytes as received
-//! (no decode, no re-encode, no copy). One [`FlyteService`] type, instantiated once per service
-//! name, routes by method path.
+//! The calls answered with one message are framed by the host ([`crate::framing`]); the log
+//! stream goes through tonic's `Grpc` with a pass-through codec ([`RawCodec`]). Either way the
+//! host reads only the routing fields and hands the plugin the bytes as received (no decode, no
+//! re-encode, no copy). One [`FlyteService`] type, instantiated once per service name, routes by
+//! method path.
 
 use std::{
     convert::Infallible,
@@ -19,12 +20,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     body::Body,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    server::{Grpc, NamedService, ServerStreamingService, StreamingService, UnaryService},
-    Code, Request, Response, Status, Streaming,
+    server::{Grpc, NamedService, ServerStreamingService},
+    Code, Request, Response, Status,
 };
 
 use crate::{
     error::RpcError,
+    framing,
     rpc::{service, Kind, Rpc},
     service::{ActiveCall, Service},
 };
@@ -73,15 +75,8 @@ impl Decoder for RawCodec {
 
 /// tonic refuses an over-size message with OUT_OF_RANGE; gRPC's other servers (grpc-core,
 /// grpc-go, and so flytekit's) say RESOURCE_EXHAUSTED, which is what Flyte's clients expect.
-pub fn fix_size_status(status: Status) -> Status {
-    if status.code() == Code::OutOfRange {
-        Status::resource_exhausted(status.message().to_string())
-    } else {
-        status
-    }
-}
-
-/// The same fix on a response tonic built itself (trailers-only, status in the headers).
+/// This fixes the status of a response tonic built itself (trailers-only, status in the
+/// headers): the log stream's request, the one tonic still reads.
 fn fix_size_response(mut response: http::Response<Body>) -> http::Response<Body> {
     const OUT_OF_RANGE: &[u8] = b"11";
     const RESOURCE_EXHAUSTED: &str = "8";
@@ -177,11 +172,33 @@ impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteServic
         // kinds' states, and no layer of combinators moving the call's state again.
         let cap = self.limits.call_timeout;
         match rpc.kind() {
-            Kind::Unary => Box::pin(Limited::new(async move { grpc().unary(Unary { service, rpc }, req).await }, cap, active)),
+            Kind::Unary => Box::pin(Limited::new(
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let answer = match framing::request_message(&parts.headers, body, limit).await {
+                        Ok(message) => service.unary(rpc, message).await.map_err(RpcError::into_status),
+                        Err(status) => Err(status),
+                    };
+                    framing::response(answer, limit)
+                },
+                cap,
+                active,
+            )),
             Kind::ServerStream => {
                 Box::pin(Limited::new(async move { grpc().server_streaming(Logs { service, rpc }, req).await }, cap, active))
             }
-            Kind::Bidi => Box::pin(Limited::new(async move { grpc().streaming(Execute { service }, req).await }, cap, active)),
+            Kind::Bidi => Box::pin(Limited::new(
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let answer = match framing::Incoming::new(&parts.headers, body, limit) {
+                        Ok(incoming) => service.execute(incoming).await,
+                        Err(status) => Err(status),
+                    };
+                    framing::response(answer, limit)
+                },
+                cap,
+                active,
+            )),
         }
     }
 }
@@ -244,21 +261,6 @@ impl Rpc {
     }
 }
 
-struct Unary {
-    service: Arc<Service>,
-    rpc: Rpc,
-}
-
-impl UnaryService<Bytes> for Unary {
-    type Response = Bytes;
-    type Future = BoxFuture<Result<Response<Bytes>, Status>>;
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let (service, rpc) = (self.service.clone(), self.rpc);
-        Box::pin(async move { service.unary(rpc, request.into_inner()).await.map(Response::new).map_err(RpcError::into_status) })
-    }
-}
-
 struct Logs {
     service: Arc<Service>,
     rpc: Rpc,
@@ -299,24 +301,6 @@ impl ServerStreamingService<Bytes> for Logs {
                 }
             });
             Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as BoxStream))
-        })
-    }
-}
-
-struct Execute {
-    service: Arc<Service>,
-}
-
-impl StreamingService<Bytes> for Execute {
-    type Response = Bytes;
-    type ResponseStream = BoxStream;
-    type Future = BoxFuture<Result<Response<BoxStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
-        let service = self.service.clone();
-        Box::pin(async move {
-            let response = service.execute(request.into_inner()).await?;
-            Ok(Response::new(Box::pin(tokio_stream::once(Ok(response))) as BoxStream))
         })
     }
 }

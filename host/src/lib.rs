@@ -13,6 +13,8 @@
 //! * [`scan`]: the plugin directory's files, and the per-file status;
 //! * [`route`] and [`rpc`]: the routing fields of each request, and the RPCs by path;
 //! * [`service`] and [`grpc`]: what each RPC does, and tonic's plumbing around it;
+//! * [`framing`]: gRPC messages in and out of calls answered with one message, framed by the
+//!   host (the log stream goes through tonic);
 //! * [`admin`] and [`status`]: the metrics port (`/plugins`, `/healthz`), and the CLI view of it;
 //! * [`metrics`]: Prometheus metrics (flytekit's families and the host's own);
 //! * [`shutdown`]: draining at SIGTERM, bounded by the grace period;
@@ -28,6 +30,7 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod framing;
 pub mod grpc;
 pub mod loader;
 pub mod memory;

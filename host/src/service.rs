@@ -6,7 +6,7 @@ use agent_plugin_abi::PluginError;
 use agent_proto::{flyteidl::admin, flyteidl2::connector};
 use bytes::Bytes;
 use prost::Message;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::{
     error::{PluginFailure, RpcError},
@@ -213,18 +213,14 @@ impl Service {
 
     /// Flyte 1's ExecuteTaskSync: reads the header and the inputs from the client stream (in
     /// that order, as propeller sends them) and answers with the agent's one response.
-    pub async fn execute(&self, mut incoming: Streaming<Bytes>) -> Result<Bytes, Status> {
+    pub async fn execute(&self, mut incoming: crate::framing::Incoming) -> Result<Bytes, Status> {
         let rpc = Rpc::V1Execute;
         let started = Instant::now();
         let invalid = |m: &str| RpcError::InvalidRequest(m.to_string());
         let undecodable = |e: String| invalid(&format!("ExecuteTaskSync request does not decode: {e}"));
         let mut routed_as: Option<Routed> = None;
         let result: Result<Bytes, Status> = async {
-            let first = incoming
-                .message()
-                .await
-                .map_err(crate::grpc::fix_size_status)?
-                .ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its header"))?;
+            let first = incoming.message().await?.ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its header"))?;
             let header = route::field_bytes(&first, 1)
                 .map_err(undecodable)?
                 .ok_or_else(|| invalid("ExecuteTaskSync: the first message must be the header"))?;
@@ -232,11 +228,7 @@ impl Service {
             let name = routed.name();
             let (plugin, agent) =
                 self.registry.snapshot().route(name, routed.version).ok_or_else(|| RpcError::UnknownTaskType(name.to_string()))?;
-            let second = incoming
-                .message()
-                .await
-                .map_err(crate::grpc::fix_size_status)?
-                .ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its inputs"))?;
+            let second = incoming.message().await?.ok_or_else(|| invalid("ExecuteTaskSync: the stream ended before its inputs"))?;
             let inputs = route::field_bytes(&second, 2)
                 .map_err(undecodable)?
                 .ok_or_else(|| invalid("ExecuteTaskSync: the second message must be the inputs"))?;

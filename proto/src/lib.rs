@@ -3,8 +3,8 @@
 //! Generated at build time from the project's own `.proto` files in this directory
 //! (`flyteidl/` for Flyte 1, `flyteidl2/` for Flyte 2, `agenthost/` for the plugin ABI payloads)
 //! with protox and prost. Only messages are generated: the host serves the gRPC services
-//! through its own pass-through codec (it hands plugins the request bytes it received), so no
-//! service stubs are needed here.
+//! with its own framing (it hands plugins the request bytes it received), so no service stubs
+//! are needed here.
 //!
 //! Module paths follow the protobuf packages: `flyteidl::admin::CreateTaskRequest`,
 //! `flyteidl2::connector::GetTaskRequest`, `agenthost::plugin::v1::PluginDescriptor`.

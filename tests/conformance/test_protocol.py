@@ -560,6 +560,16 @@ def test_request_over_the_host_limit_is_resource_exhausted_and_channel_survives(
                                  named)
 
 
+def test_a_compressed_request_is_unimplemented_and_the_channel_survives(channel):
+    # Flyte's clients send no compression, and the host accepts none (grpc-core would accept
+    # gzip): it says so with UNIMPLEMENTED, as gRPC's compression spec asks, and serves on.
+    path = "/flyteidl.service.AgentMetadataService/ListAgents"
+    err = expect_error(grpc.StatusCode.UNIMPLEMENTED, raw_unary(channel, path), b"",
+                       timeout=TIMEOUT_S, compression=grpc.Compression.Gzip)
+    assert "compress" in err.details(), err.details()
+    assert raw_unary(channel, path)(b"", timeout=TIMEOUT_S) != b""
+
+
 # --------------------------------------------------------------------------------------------
 # gRPC health and reflection
 # --------------------------------------------------------------------------------------------

@@ -125,6 +125,43 @@ async fn agent_errors_unimplemented_methods_and_garbage_have_their_codes() {
     host.stop().await;
 }
 
+fn string(s: String) -> core::Literal {
+    use core::{literal, primitive, scalar};
+    core::Literal {
+        value: Some(literal::Value::Scalar(Box::new(core::Scalar {
+            value: Some(scalar::Value::Primitive(core::Primitive { value: Some(primitive::Value::StringValue(s)) })),
+        }))),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn messages_over_the_size_limit_are_resource_exhausted_either_way() {
+    const LIMIT: usize = 4096;
+    let host = TestHost::start_with(&[("echo.so", echo_plugin())], |c| c.server.max_message_bytes = LIMIT).await;
+    let ch = host.channel().await;
+    let with_input = |len: usize| {
+        let mut request = create("echo_async", 0, None);
+        request.inputs = Some(core::LiteralMap { literals: [("s".to_string(), string("x".repeat(len)))].into_iter().collect() });
+        request
+    };
+    // A request over the limit: refused at its length prefix.
+    let err = unary::<_, admin::CreateTaskResponse>(ch.clone(), CREATE, with_input(LIMIT)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("server.max_message_bytes"), "{}", err.message());
+    // A request under the limit whose answer is over it: echo keeps the input in its meta, in
+    // base64 (a third larger), so the answer does not fit. Refused before any of it is sent.
+    let request = with_input(LIMIT - 400);
+    assert!(prost::Message::encoded_len(&request) < LIMIT);
+    let err = unary::<_, admin::CreateTaskResponse>(ch.clone(), CREATE, request).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("answer") && err.message().contains("server.max_message_bytes"), "{}", err.message());
+    // The connection serves on.
+    let ok: Result<admin::CreateTaskResponse, _> = unary(ch, CREATE, with_input(10)).await;
+    assert!(ok.is_ok(), "the next call succeeds: {ok:?}");
+    host.stop().await;
+}
+
 #[tokio::test]
 async fn list_agents_describes_every_agent_for_propeller() {
     let host = TestHost::start(&[("echo.so", echo_plugin())]).await;
