@@ -1,15 +1,14 @@
 //! The gRPC surface: Flyte 1 and Flyte 2 services on one port, health and reflection beside.
 //!
-//! The calls answered with one message are framed by the host ([`crate::framing`]); the log
-//! stream goes through tonic's `Grpc` with a pass-through codec ([`RawCodec`]). Either way the
-//! host reads only the routing fields and hands the plugin the bytes as received (no decode, no
-//! re-encode, no copy). One [`FlyteService`] type, instantiated once per service name, routes by
-//! method path.
+//! tonic's transport serves the port (HTTP/2, keepalive, client deadlines, graceful shutdown);
+//! the host routes the paths itself ([`Router`]) and frames the messages of the calls answered
+//! with one message itself ([`crate::framing`]): it reads only the routing fields and hands the
+//! plugin the bytes as received (no decode, no re-encode, no copy). The log stream goes through
+//! tonic's `Grpc` with a pass-through codec ([`RawCodec`]).
 
 use std::{
     convert::Infallible,
     future::Future,
-    marker::PhantomData,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -87,31 +86,6 @@ fn fix_size_response(mut response: http::Response<Body>) -> http::Response<Body>
     response
 }
 
-/// Names one of the served services (a type per name, for tonic's router).
-pub trait ServiceName: Send + Sync + 'static {
-    /// The full gRPC service name.
-    const NAME: &'static str;
-}
-
-macro_rules! service_names {
-    ($($ty:ident = $name:expr;)*) => {$(
-        #[doc = concat!("`", stringify!($ty), "`: the service name marker.")]
-        #[derive(Debug, Clone, Copy)]
-        pub enum $ty {}
-        impl ServiceName for $ty {
-            const NAME: &'static str = $name;
-        }
-    )*};
-}
-
-service_names! {
-    V1Async = service::V1_ASYNC;
-    V1Sync = service::V1_SYNC;
-    V1Metadata = service::V1_METADATA;
-    V2Async = service::V2_ASYNC;
-    V2Metadata = service::V2_METADATA;
-}
-
 /// Serving limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -121,31 +95,56 @@ pub struct Limits {
     pub call_timeout: Option<std::time::Duration>,
 }
 
-/// One Flyte service, dispatching by method path to the shared [`Service`].
-pub struct FlyteService<N> {
+/// A service the host serves beside Flyte's (health, reflection): tonic's own server for it.
+type Other = Arc<dyn Fn(http::Request<Body>) -> BoxFuture<Result<http::Response<Body>, Infallible>> + Send + Sync>;
+
+/// Every gRPC path on the port, routed by the host: Flyte's services by [`Rpc::of`] to the
+/// shared [`Service`], the others (health, reflection) by service name to their tonic servers.
+///
+/// tonic's own router (axum's, one route per service) cost about 4k instructions of a small
+/// call's 50k (BENCHMARKS.md, ninth round): a route lookup, URL parameters stored in the
+/// request's extensions, two more boxed futures. Matching the path directly costs next to none.
+/// A path that names no served method is UNIMPLEMENTED, as with tonic's router.
+#[derive(Clone)]
+pub struct Router {
     service: Arc<Service>,
     limits: Limits,
-    _name: PhantomData<fn() -> N>,
+    others: Arc<[(&'static str, Other)]>,
 }
 
-impl<N> FlyteService<N> {
-    /// The service `N`, answering from `service`.
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("limits", &self.limits)
+            .field("others", &self.others.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Router {
+    /// Flyte's services, answered from `service`.
     pub fn new(service: Arc<Service>, limits: Limits) -> Self {
-        Self { service, limits, _name: PhantomData }
+        Self { service, limits, others: Arc::new([]) }
+    }
+
+    /// Also serves `server` (a tonic server: its `poll_ready` is always ready) at its name.
+    pub fn with<S>(mut self, server: S) -> Self
+    where
+        S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let call: Other = Arc::new(move |req| Box::pin(server.clone().call(req)));
+        self.others = self.others.iter().cloned().chain([(S::NAME, call)]).collect();
+        self
     }
 }
 
-impl<N> Clone for FlyteService<N> {
-    fn clone(&self) -> Self {
-        Self { service: self.service.clone(), limits: self.limits, _name: PhantomData }
-    }
-}
-
-impl<N: ServiceName> NamedService for FlyteService<N> {
-    const NAME: &'static str = N::NAME;
-}
-
-impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteService<N> {
+impl tower_service::Service<http::Request<Body>> for Router {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
@@ -156,11 +155,20 @@ impl<N: ServiceName> tower_service::Service<http::Request<Body>> for FlyteServic
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let path = req.uri().path();
-        let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(N::NAME)).and_then(|p| p.strip_prefix('/'));
-        let rpc = method.and_then(|m| Rpc::of(N::NAME, m)).filter(|r| r.abi_or_meta());
-        let Some(rpc) = rpc else {
-            let refused = Status::unimplemented(format!("method {path} not found")).into_http();
+        let Some((name, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            let refused = Status::unimplemented(format!("no gRPC service at {path}")).into_http();
             return Box::pin(std::future::ready(Ok(refused)));
+        };
+        let Some(rpc) = Rpc::of(name, method).filter(|r| r.abi_or_meta()) else {
+            if let Some((_, other)) = self.others.iter().find(|(n, _)| *n == name) {
+                return other(req);
+            }
+            let refused = if service::ALL.contains(&name) {
+                Status::unimplemented(format!("method {path} not found"))
+            } else {
+                Status::unimplemented(format!("service {name} not found"))
+            };
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
         if self.service.drain.is_draining() {
             return Box::pin(std::future::ready(Ok(RpcError::Draining.into_status().into_http())));

@@ -60,7 +60,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     config::Config,
-    grpc::{FlyteService, Limits, V1Async, V1Metadata, V1Sync, V2Async, V2Metadata},
+    grpc::{Limits, Router},
     loader::{Loader, LoaderSettings},
     reload::Reloader,
     scan::FileStatus,
@@ -287,16 +287,7 @@ pub async fn run(
         })
     };
 
-    let svc = host.service.clone();
-    let server = builder
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(FlyteService::<V1Async>::new(svc.clone(), limits))
-        .add_service(FlyteService::<V1Sync>::new(svc.clone(), limits))
-        .add_service(FlyteService::<V1Metadata>::new(svc.clone(), limits))
-        .add_service(FlyteService::<V2Async>::new(svc.clone(), limits))
-        .add_service(FlyteService::<V2Metadata>::new(svc, limits));
+    let router = Router::new(host.service.clone(), limits).with(health).with(reflection_v1).with(reflection_v1alpha);
     let stop_accepting = async move {
         let _ = accepting_stopped.await;
     };
@@ -304,10 +295,12 @@ pub async fn run(
         // TCP_NODELAY, as `Server::serve` would set: tonic ignores its `tcp_nodelay` with a
         // caller's listener, and with Nagle on, small answers wait for the peer's delayed ACK
         // (a p99 of ~40 ms on loopback; measured in BENCHMARKS.md).
-        None => Box::pin(
-            server.serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)), stop_accepting),
-        ),
-        Some(tls) => Box::pin(server.serve_with_incoming_shutdown(tls::incoming(grpc, tls), stop_accepting)),
+        None => Box::pin(builder.serve_with_incoming_shutdown(
+            router,
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            stop_accepting,
+        )),
+        Some(tls) => Box::pin(builder.serve_with_incoming_shutdown(router, tls::incoming(grpc, tls), stop_accepting)),
     };
 
     if let Some(listener) = admin {

@@ -1,7 +1,8 @@
 //! The floor of the side-by-side benchmark: a minimal tonic server that answers agent-host's
 //! gRPC paths with fixed, valid response bytes and does no work (no decode, no routing, no
-//! plugin). What agent-host measures against it is the cost of everything the host adds on top
-//! of the same transport (tonic over h2c, the same runtime flavour).
+//! plugin), through tonic's router and its generic `Grpc` framing. What agent-host measures
+//! against it is what the host adds on top of tonic's transport (h2c, the same runtime flavour),
+//! less what the host saves by routing and framing its calls itself (BENCHMARKS.md, ninth round).
 //!
 //! Usage: bench-floor RESPONSES_DIR [ADDR]
 //!
@@ -36,7 +37,9 @@ const LARGE: usize = 64 * 1024;
 /// The host's default `server.max_message_bytes`.
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 
-// The host's own pass-through codec: the floor frames bytes exactly as agent-host does.
+// A pass-through codec (the one agent-host keeps for its log stream): the floor frames bytes
+// through tonic's `Grpc`, with no decode and no encode, the way a minimal tonic server would.
+// agent-host frames its calls itself (`agent_host::framing`), and routes without tonic's router.
 use agent_host::grpc::RawCodec;
 
 /// The fixed answers, by method name: (small, large).
