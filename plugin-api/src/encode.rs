@@ -27,9 +27,29 @@ fn len_field(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
+/// A varint: one byte below 128 (every key here, and the lengths of most fields) without
+/// prost's loop, which writes a byte at a time through `BufMut`.
+#[inline]
+fn put_u64(value: u64, buf: &mut Vec<u8>) {
+    if value < 0x80 {
+        buf.push(value as u8);
+    } else {
+        encode_varint(value, buf);
+    }
+}
+
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    if tag < 16 {
+        buf.push((tag << 3) as u8 | wire_type as u8);
+    } else {
+        encode_key(tag, wire_type, buf);
+    }
+}
+
 fn put_len(tag: u32, len: usize, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_u64(len as u64, buf);
 }
 
 fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
@@ -38,8 +58,8 @@ fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
 }
 
 fn put_varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::Varint, buf);
-    encode_varint(value, buf);
+    put_key(tag, WireType::Varint, buf);
+    put_u64(value, buf);
 }
 
 /// A resource measured for one protocol, ready to be written.
@@ -203,7 +223,7 @@ fn write_value(v: &serde_json::Value, buf: &mut Vec<u8>) {
         J::Null => put_varint(1, 0, buf),
         J::Bool(b) => put_varint(4, *b as u64, buf),
         J::Number(n) => {
-            encode_key(2, WireType::SixtyFourBit, buf);
+            put_key(2, WireType::SixtyFourBit, buf);
             buf.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_le_bytes());
         }
         J::String(s) => put_bytes(3, s.as_bytes(), buf),
@@ -340,6 +360,13 @@ mod tests {
         full.phase = Phase::RetryableFailed;
         all.push(full);
         all.push(Resource::failed("").with_info("k", serde_json::json!({})));
+        // Lengths of one, two and three varint bytes at every level.
+        all.push(
+            Resource::succeeded(Literals::new().with("long", "x".repeat(20_000)).with(&*"n".repeat(130), 1))
+                .with_message("m".repeat(300))
+                .with_info("v".repeat(128), "w".repeat(16_400))
+                .with_info("list", vec!["y".repeat(127); 3]),
+        );
         all
     }
 

@@ -141,8 +141,12 @@ impl std::fmt::Display for InPieces<'_> {
 impl<'de> Deserialize<'de> for Base64Bytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Decoded from the text where the deserializer has it (borrowed from the input when it
-        // has no escapes), not from an owned copy: serde's `Cow<str>` always copies.
-        d.deserialize_str(Base64Visitor)
+        // has no escapes), not from an owned copy: serde's `Cow<str>` always copies. Asked for
+        // as bytes: serde_json then hands over a string's bytes (escapes resolved) without
+        // checking that they are UTF-8, a scan of the whole text that base64 makes useless (the
+        // decoder refuses any byte outside its alphabet). Other deserializers hand a string to
+        // `visit_str` as before.
+        d.deserialize_bytes(Base64Visitor)
     }
 }
 
@@ -156,7 +160,13 @@ impl serde::de::Visitor<'_> for Base64Visitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Base64Bytes, E> {
-        decode_base64(text.as_bytes()).map(|bytes| Base64Bytes(bytes.into())).map_err(E::custom)
+        self.visit_bytes(text.as_bytes())
+    }
+
+    /// The text of a string, as serde_json's `deserialize_bytes` gives it (or a format's own
+    /// bytes, which `serialize` never writes: they are read as base64 text too).
+    fn visit_bytes<E: serde::de::Error>(self, text: &[u8]) -> Result<Base64Bytes, E> {
+        decode_base64(text).map(|bytes| Base64Bytes(bytes.into())).map_err(E::custom)
     }
 }
 
@@ -302,6 +312,13 @@ mod tests {
             }
         }
         assert!(serde_json::from_str::<Base64Bytes>("17").is_err(), "a number is not base64");
+        // Read as bytes, a string is still only base64 text: not an array of numbers (serde's
+        // form of bytes), and not an escape that is no character (which serde_json's bytes
+        // pass on as they are).
+        assert!(serde_json::from_str::<Base64Bytes>("[81,81,61,61]").is_err(), "an array is not base64");
+        assert!(serde_json::from_str::<Base64Bytes>(r#""QUJD\ud800""#).is_err(), "a lone surrogate is not base64");
+        assert!(serde_json::from_str::<Base64Bytes>(r#""QUJD\u00e9""#).is_err(), "a non-ASCII character is not base64");
+        assert!(serde_json::from_str::<Base64Bytes>("\"QUJDé\"").is_err(), "a non-ASCII character is not base64");
     }
 
     #[test]
