@@ -89,8 +89,8 @@ fn meta_request(shared: &Arc<Shared>, method: u32, request: Bytes) -> Result<(Co
 /// The answer for a job failure, or the error back for a call failure.
 fn job_failure(e: AgentError) -> Result<Resource, AgentError> {
     match e.kind() {
-        ErrorKind::Permanent => Ok(Resource::failed(e.message())),
-        ErrorKind::Retryable => Ok(Resource::retryable_failure(e.message())),
+        ErrorKind::Permanent => Ok(Resource::failed(e.message().to_owned())),
+        ErrorKind::Retryable => Ok(Resource::retryable_failure(e.message().to_owned())),
         _ => Err(e),
     }
 }
@@ -124,7 +124,7 @@ pub(crate) fn resource_v1(r: Resource) -> admin::Resource {
         #[allow(deprecated)]
         state: state_of(r.phase) as i32,
         outputs: r.outputs.map(Literals::into_literal_map),
-        message: r.message,
+        message: r.message.into_owned(),
         log_links: r.log_links,
         phase: r.phase as i32,
         custom_info: custom_info(r.custom_info),
@@ -140,7 +140,7 @@ pub(crate) fn resource_v2(r: Resource) -> wire::ResourceV2 {
         outputs: r.outputs.map(|o| wire::NamedLiterals {
             literals: o.into_vec().into_iter().map(|(name, value)| wire::NamedLiteral { name, value: Some(value) }).collect(),
         }),
-        message: r.message,
+        message: r.message.into_owned(),
         log_links: r.log_links,
         phase: r.phase as i32,
         custom_info: custom_info(r.custom_info),
@@ -156,10 +156,10 @@ fn resource_from(
     info: Option<prost_types::Struct>,
 ) -> Resource {
     let custom_info = match info.as_ref().map(json::struct_to_json) {
-        Some(serde_json::Value::Object(m)) => m.into_iter().collect(),
+        Some(serde_json::Value::Object(m)) => m.into_iter().map(|(k, v)| (k.into(), v)).collect(),
         _ => Default::default(),
     };
-    Resource { phase: Phase::try_from(phase).unwrap_or(Phase::Undefined), message, outputs, log_links, custom_info }
+    Resource { phase: Phase::try_from(phase).unwrap_or(Phase::Undefined), message: message.into(), outputs, log_links, custom_info }
 }
 
 /// Back from the stored form (and from a Flyte 2 answer).
@@ -174,9 +174,10 @@ pub(crate) fn from_v1(r: admin::Resource) -> Resource {
 }
 
 #[cfg(test)]
-fn custom_info(info: std::collections::BTreeMap<String, serde_json::Value>) -> Option<prost_types::Struct> {
-    // Keys moved, not copied; the same Struct as `json::json_to_struct` of the object.
-    (!info.is_empty()).then(|| prost_types::Struct { fields: info.into_iter().map(|(k, v)| (k, json::json_to_value(&v))).collect() })
+fn custom_info(info: std::collections::BTreeMap<std::borrow::Cow<'static, str>, serde_json::Value>) -> Option<prost_types::Struct> {
+    // The same Struct as `json::json_to_struct` of the object.
+    (!info.is_empty())
+        .then(|| prost_types::Struct { fields: info.into_iter().map(|(k, v)| (k.into_owned(), json::json_to_value(&v))).collect() })
 }
 
 fn encode_get(protocol: Protocol, r: Resource) -> Vec<u8> {

@@ -20,6 +20,8 @@ use prost::{
     Message,
 };
 
+use smallvec::SmallVec;
+
 use crate::{task::Slot, Protocol, Resource};
 
 /// Bytes of a length-delimited field `tag` holding `len` bytes.
@@ -66,8 +68,9 @@ fn put_varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
 pub(crate) struct Encoder<'a> {
     r: &'a Resource,
     v1: bool,
-    /// Outputs in the order they are written: name, literal, the literal's length.
-    outputs: Vec<(&'a str, &'a Slot, usize)>,
+    /// Outputs in the order they are written: name, literal, the literal's length. On the stack
+    /// for up to eight (most answers): a vector here was one allocation per answer.
+    outputs: SmallVec<[(&'a str, &'a Slot, usize); 8]>,
     /// Length of the outputs message (`LiteralMap` / `Outputs`).
     outputs_len: usize,
     /// Length of the `custom_info` Struct.
@@ -79,12 +82,13 @@ pub(crate) struct Encoder<'a> {
 impl<'a> Encoder<'a> {
     pub(crate) fn new(r: &'a Resource, protocol: Protocol) -> Self {
         let v1 = protocol == Protocol::V1;
-        let mut outputs: Vec<(&str, &Slot, usize)> = Vec::new();
+        let mut outputs: SmallVec<[(&str, &Slot, usize); 8]> = SmallVec::new();
         let mut outputs_len = 0;
         if let Some(o) = &r.outputs {
             outputs = o.slots().map(|(n, l)| (n, l, l.encoded_len())).collect();
-            if v1 {
+            if v1 && !outputs.is_sorted_by(|a, b| a.0 < b.0) {
                 // A map: by name, one entry per name (the last one given, as a map keeps).
+                // (Inputs passed on as outputs come sorted and unique already.)
                 outputs.sort_by(|a, b| a.0.cmp(b.0));
                 outputs.reverse();
                 outputs.dedup_by(|later, earlier| later.0 == earlier.0);
@@ -174,10 +178,12 @@ fn state_of(phase: crate::Phase) -> i32 {
 
 // ---------------------------------------------------------------- custom_info
 
-type JsonMap = std::collections::BTreeMap<String, serde_json::Value>;
+type Info = std::collections::BTreeMap<std::borrow::Cow<'static, str>, serde_json::Value>;
 
-fn entries<'m>(map: impl IntoIterator<Item = (&'m String, &'m serde_json::Value)>) -> usize {
-    map.into_iter().map(|(k, v)| len_field(1, map_entry_len(k, v))).sum()
+/// The entries of a `Struct`: `custom_info` (keys `Cow<str>`) or a JSON object within it (keys
+/// `String`).
+fn entries<'m, K: AsRef<str> + 'm>(map: impl IntoIterator<Item = (&'m K, &'m serde_json::Value)>) -> usize {
+    map.into_iter().map(|(k, v)| len_field(1, map_entry_len(k.as_ref(), v))).sum()
 }
 
 /// A `Struct.fields` entry: key (left out when empty) and `Value` (never empty: it always has
@@ -186,7 +192,7 @@ fn map_entry_len(key: &str, value: &serde_json::Value) -> usize {
     (if key.is_empty() { 0 } else { len_field(1, key.len()) }) + len_field(2, value_len(value))
 }
 
-fn struct_len(map: &JsonMap) -> usize {
+fn struct_len(map: &Info) -> usize {
     entries(map)
 }
 
@@ -202,12 +208,13 @@ fn value_len(v: &serde_json::Value) -> usize {
     }
 }
 
-fn write_struct(map: &JsonMap, buf: &mut Vec<u8>) {
+fn write_struct(map: &Info, buf: &mut Vec<u8>) {
     write_entries(map, buf);
 }
 
-fn write_entries<'m>(map: impl IntoIterator<Item = (&'m String, &'m serde_json::Value)>, buf: &mut Vec<u8>) {
+fn write_entries<'m, K: AsRef<str> + 'm>(map: impl IntoIterator<Item = (&'m K, &'m serde_json::Value)>, buf: &mut Vec<u8>) {
     for (k, v) in map {
+        let k = k.as_ref();
         put_len(1, map_entry_len(k, v), buf);
         if !k.is_empty() {
             put_bytes(1, k.as_bytes(), buf);
@@ -335,7 +342,7 @@ mod tests {
             "plugin": "echo", "n": 3, "ratio": 0.25, "big": u64::MAX, "neg": -7, "flag": true, "off": false, "nothing": null,
             "": "empty key", "empty": "", "list": [1, "two", null, [], {}, [false]], "nested": {"a": {"b": [1.5, {"c": "d"}]}, "e": {}},
         });
-        let info: std::collections::BTreeMap<String, serde_json::Value> = info.as_object().unwrap().clone().into_iter().collect();
+        let info: Info = info.as_object().unwrap().clone().into_iter().map(|(k, v)| (k.into(), v)).collect();
         let outputs = Literals::new()
             .with("zeta", 1)
             .with("alpha", "text")
@@ -360,6 +367,14 @@ mod tests {
         full.phase = Phase::RetryableFailed;
         all.push(full);
         all.push(Resource::failed("").with_info("k", serde_json::json!({})));
+        // Outputs already in a map's order (written as they are), and more than the eight the
+        // encoder keeps on the stack, in either order.
+        all.push(Resource::succeeded(Literals::new().with("a", 1).with("b", 2).with("c", 3)));
+        let many = |names: Vec<String>| Resource::succeeded(names.into_iter().fold(Literals::new(), |l, n| l.with(n, 7)));
+        all.push(many((0..12).map(|i| format!("o{i:02}")).collect()));
+        all.push(many((0..12).rev().map(|i| format!("o{i:02}")).collect()));
+        // A message and keys borrowed, as a fixed one is kept.
+        all.push(Resource::running().with_message("fixed").with_info(String::from("owned"), 1).with_info("borrowed", 2));
         // Lengths of one, two and three varint bytes at every level.
         all.push(
             Resource::succeeded(Literals::new().with("long", "x".repeat(20_000)).with(&*"n".repeat(130), 1))

@@ -198,10 +198,34 @@ fn write_envelope<M: Serialize>(version: u32, meta: &M, out: &mut Vec<u8>) -> Re
     Ok(())
 }
 
+/// The meta's JSON in `bytes`, if they are an envelope of format `version` exactly as
+/// [`encode_into`] writes it (`{"meta_version":<version>,"meta":<meta>}`, no spaces around the
+/// fixed parts). Anything else is left to serde: this only skips reading the envelope's two
+/// field names, which a GetTask otherwise pays for on every poll. The meta found here is the
+/// one serde would find: the version is the same number in JSON's one spelling (no sign, no
+/// leading zero, no exponent), and the meta must be all that is left (serde fails otherwise,
+/// and the caller reads the whole envelope instead).
+fn current_meta(bytes: &[u8], version: u32) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(b"{\"meta_version\":")?.strip_suffix(b"}")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (number, rest) = rest.split_at(digits);
+    let spelled = std::str::from_utf8(number).ok()?;
+    if (spelled.len() > 1 && spelled.starts_with('0')) || spelled.parse::<u32>().ok()? != version {
+        return None;
+    }
+    rest.strip_prefix(b",\"meta\":")
+}
+
 /// Decodes the envelope (or unversioned JSON as version 0) into the current `Meta`.
 pub(crate) fn decode<A: AsyncAgent>(bytes: &[u8]) -> Result<A::Meta, AgentError> {
     let unreadable =
         |e: &dyn std::fmt::Display| AgentError::precondition(format!("{}: the resource meta is not one this agent wrote ({e})", A::NAME));
+    // The envelope as `encode_into` writes it, in the current version: only the meta to read.
+    if let Some(meta) = current_meta(bytes, A::META_VERSION) {
+        if let Ok(meta) = serde_json::from_slice::<A::Meta>(meta) {
+            return Ok(meta);
+        }
+    }
     if let Ok(EnvelopeTyped { meta_version, meta }) = serde_json::from_slice::<EnvelopeTyped<A::Meta>>(bytes) {
         if meta_version == A::META_VERSION {
             return Ok(meta);
@@ -319,6 +343,46 @@ mod tests {
         assert!(serde_json::from_str::<Base64Bytes>(r#""QUJD\ud800""#).is_err(), "a lone surrogate is not base64");
         assert!(serde_json::from_str::<Base64Bytes>(r#""QUJD\u00e9""#).is_err(), "a non-ASCII character is not base64");
         assert!(serde_json::from_str::<Base64Bytes>("\"QUJDé\"").is_err(), "a non-ASCII character is not base64");
+    }
+
+    #[test]
+    fn the_quick_read_of_the_envelope_finds_the_meta_serde_finds() {
+        let metas = ["{}", r#"{"a":[1,"x"],"b":null}"#, "null", r#""s""#, r#"{"meta":{"meta_version":3}}"#, r#"{"a":"}"}"#];
+        for version in [0, 2, 10, u32::MAX] {
+            for meta in metas {
+                let mut bytes = Vec::new();
+                write_envelope(version, &serde_json::from_str::<serde_json::Value>(meta).unwrap(), &mut bytes).unwrap();
+                let found = current_meta(&bytes, version).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&bytes)));
+                let by_serde: EnvelopeTyped<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(serde_json::from_slice::<serde_json::Value>(found).unwrap(), by_serde.meta);
+                assert_eq!(by_serde.meta_version, version);
+                // Another version is left to serde (and to `upgrade_meta`).
+                assert_eq!(current_meta(&bytes, version.wrapping_add(1)), None);
+            }
+        }
+        // Written otherwise (by hand, by another tool, or not JSON): left to serde, which reads
+        // the envelope whole, refuses it, or reads it as unversioned.
+        for other in [
+            r#"{"meta_version":02,"meta":{}}"#,
+            r#"{"meta_version":2.0,"meta":{}}"#,
+            r#"{"meta_version":2e0,"meta":{}}"#,
+            r#"{"meta_version":-2,"meta":{}}"#,
+            r#"{"meta_version":4294967298,"meta":{}}"#,
+            r#"{ "meta_version":2,"meta":{}}"#,
+            r#"{"meta_version": 2,"meta":{}}"#,
+            r#"{"meta_version":2 ,"meta":{}}"#,
+            r#"{"meta_version":2,"meta":{}} "#,
+            r#"{"meta":{},"meta_version":2}"#,
+            r#"{"meta_version":2}"#,
+            r#"{"meta_version":2,"meta""#,
+            "",
+        ] {
+            assert_eq!(current_meta(other.as_bytes(), 2), None, "{other}");
+        }
+        // What is left after the meta makes serde fail, so the whole envelope is read instead.
+        let trailing = br#"{"meta_version":2,"meta":{},"extra":1}"#;
+        assert_eq!(current_meta(trailing, 2), Some(&br#"{},"extra":1"#[..]));
+        assert!(serde_json::from_slice::<serde_json::Value>(current_meta(trailing, 2).unwrap()).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What an agent receives (a task to run) and what it answers (a resource).
 
-use std::{collections::BTreeMap, sync::OnceLock};
+use std::{borrow::Cow, collections::BTreeMap, sync::OnceLock};
 
 use bytes::Bytes;
 use prost::Message;
@@ -654,21 +654,23 @@ impl TaskRequest {
 pub struct Resource {
     /// Where the task is. Terminal: `Succeeded`, `Failed`, `RetryableFailed`, `Aborted`.
     pub phase: Phase,
-    /// A human-readable message (shown as the reason in Flyte's UI).
-    pub message: String,
+    /// A human-readable message (shown as the reason in Flyte's UI). A `Cow`, so that a fixed
+    /// message (`"job submitted"`) costs no allocation; a formatted one is a `String` as before.
+    pub message: Cow<'static, str>,
     /// Inline outputs. Without them propeller reads `<output_prefix>/outputs.pb`, which the
     /// agent must then have written. Keep a response under 4 MiB: propeller's client refuses more.
     pub outputs: Option<Literals>,
     /// Links to the job's logs or console; return them with the first `Running` report.
     pub log_links: Vec<TaskLog>,
-    /// Free-form information shown with the task.
-    pub custom_info: BTreeMap<String, serde_json::Value>,
+    /// Free-form information shown with the task. Keys are `Cow`s, so that the usual fixed
+    /// names (`"job_id"`) cost no allocation; build it with [`Resource::with_info`].
+    pub custom_info: BTreeMap<Cow<'static, str>, serde_json::Value>,
 }
 
 impl Resource {
     /// A resource in `phase` with nothing else set.
     pub fn new(phase: Phase) -> Self {
-        Self { phase, message: String::new(), outputs: None, log_links: Vec::new(), custom_info: BTreeMap::new() }
+        Self { phase, message: Cow::Borrowed(""), outputs: None, log_links: Vec::new(), custom_info: BTreeMap::new() }
     }
 
     /// Still running.
@@ -684,17 +686,17 @@ impl Resource {
     }
 
     /// Failed for good: Flyte does not retry the attempt.
-    pub fn failed(message: impl Into<String>) -> Self {
+    pub fn failed(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Phase::Failed).with_message(message)
     }
 
     /// Failed, and worth another attempt (counts against the task's retries).
-    pub fn retryable_failure(message: impl Into<String>) -> Self {
+    pub fn retryable_failure(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Phase::RetryableFailed).with_message(message)
     }
 
-    /// Sets the message.
-    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+    /// Sets the message: a `&'static str` (kept as it is) or a `String`.
+    pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
         self.message = message.into();
         self
     }
@@ -711,8 +713,9 @@ impl Resource {
         self
     }
 
-    /// Adds an entry to `custom_info`.
-    pub fn with_info(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    /// Adds an entry to `custom_info`, under a key that is a `&'static str` (kept as it is) or a
+    /// `String`.
+    pub fn with_info(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<serde_json::Value>) -> Self {
         self.custom_info.insert(key.into(), value.into());
         self
     }
@@ -784,6 +787,18 @@ pub fn log_line(message: impl Into<String>) -> LogLine {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_fixed_message_and_fixed_info_keys_are_kept_without_a_copy() {
+        let r = Resource::running().with_message("job submitted").with_info("job_id", "42");
+        assert!(matches!(r.message, Cow::Borrowed("job submitted")));
+        assert!(r.custom_info.keys().all(|k| matches!(k, Cow::Borrowed(_))));
+        // A formatted one is a `String`, as before; both read as `str`.
+        let r = Resource::failed(format!("job {} failed", 42)).with_info(format!("k{}", 1), 1);
+        assert!(matches!(r.message, Cow::Owned(_)));
+        assert_eq!(r.message, "job 42 failed");
+        assert_eq!(r.custom_info["k1"], 1);
+    }
     use super::*;
     use crate::ErrorKind;
 

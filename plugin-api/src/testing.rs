@@ -37,7 +37,7 @@
 //!
 //! // A wrong input fails the task for good, with a message naming the input.
 //! let failed = harness.run(TaskRequest::new("double").with_input("x", "one")).unwrap();
-//! assert_eq!((failed.phase, failed.message.as_str()), (Phase::Failed, "input `x`: expected integer, found string"));
+//! assert_eq!((failed.phase, &*failed.message), (Phase::Failed, "input `x`: expected integer, found string"));
 //! ```
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};

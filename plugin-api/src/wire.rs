@@ -259,7 +259,8 @@ pub(crate) fn literal_entries(raw: &Bytes, list: bool, check: impl Fn(&[u8]) -> 
         }
         out.push((name, raw.slice_ref(value)));
     }
-    if !list {
+    if !list && !out.is_sorted_by(|a, b| a.0 < b.0) {
+        // (Already sorted and unique, as most maps arrive: nothing to do.)
         // Stable: among equal names the last received stays last, and is the one kept.
         out.sort_by(|a, b| a.0.cmp(b.0));
         out.reverse();

@@ -116,9 +116,9 @@ fn api_errors_fail_for_good_or_for_a_retry() {
         .unwrap()
         .protocol(Protocol::V2);
     let done = h.run(task("rate limit")).unwrap();
-    assert_eq!((done.phase, done.message.as_str()), (Phase::RetryableFailed, "the chat API answered 429: slow down"));
+    assert_eq!((done.phase, &*done.message), (Phase::RetryableFailed, "the chat API answered 429: slow down"));
     let done = h.run(task("bad")).unwrap();
-    assert_eq!((done.phase, done.message.as_str()), (Phase::Failed, "the chat API answered 400: model not found"));
+    assert_eq!((done.phase, &*done.message), (Phase::Failed, "the chat API answered 400: model not found"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ctx = Context::for_tests(json!({"base_url": format!("http://127.0.0.1:{port}/v1")})).with_secret("FLYTE_OPENAI_API_KEY", "k");
     let done = Harness::for_sync::<Chat>(ctx).unwrap().protocol(Protocol::V2).run(task("x")).unwrap();

@@ -215,7 +215,7 @@ fn remote_states_map_to_phases_as_configured() {
     let h = Harness::for_async::<RestJob>(Context::for_tests(config(addr))).unwrap();
     // Default lists, any case.
     let done = h.run(task("error")).unwrap();
-    assert_eq!((done.phase, done.message.as_str()), (Phase::Failed, "job job-1: error: poll 3"));
+    assert_eq!((done.phase, &*done.message), (Phase::Failed, "job job-1: error: poll 3"));
     // A task's own mapping.
     let mut custom_states = task("PREEMPTED");
     let mut custom = agent_plugin_api::json::struct_to_json(custom_states.template().unwrap().custom.as_ref().unwrap());

@@ -83,7 +83,7 @@ fn get_sends_data_as_query_parameters_with_placeholders_filled() {
             .with_input("n", 3)
             .with_input("name", "ada");
         let done = harness(protocol).run(task).unwrap();
-        assert_eq!((done.phase, done.message.as_str()), (Phase::Succeeded, "Webhook was successfully invoked!"), "{protocol:?}");
+        assert_eq!((done.phase, &*done.message), (Phase::Succeeded, "Webhook was successfully invoked!"), "{protocol:?}");
         let info = info(&done);
         assert_eq!(info["status_code"], json!(200));
         let answer: Value = serde_json::from_str(info["response_data"].as_str().unwrap()).unwrap();
@@ -134,7 +134,7 @@ fn a_refused_connection_fails_with_flytekits_message() {
         let done = harness(protocol)
             .run(TaskRequest::new("webhook").with_custom(custom(format!("http://127.0.0.1:{port}/"), "GET", json!({}))))
             .unwrap();
-        assert_eq!((done.phase, done.message.as_str()), (Phase::Failed, "All connection attempts failed"));
+        assert_eq!((done.phase, &*done.message), (Phase::Failed, "All connection attempts failed"));
     }
 }
 
@@ -142,7 +142,7 @@ fn a_refused_connection_fails_with_flytekits_message() {
 fn a_missing_input_or_a_bad_url_fails_with_flytekits_message() {
     let done =
         harness(Protocol::V1).run(TaskRequest::new("webhook").with_custom(custom("http://h/{inputs.x}".into(), "GET", json!({})))).unwrap();
-    assert_eq!((done.phase, done.message.as_str()), (Phase::Failed, "Could not find the key x in {}."));
+    assert_eq!((done.phase, &*done.message), (Phase::Failed, "Could not find the key x in {}."));
     let done = harness(Protocol::V1).run(TaskRequest::new("webhook").with_custom(custom("localhost/x".into(), "GET", json!({})))).unwrap();
     assert_eq!(done.message, "Request URL is missing an 'http://' or 'https://' protocol.");
 }
