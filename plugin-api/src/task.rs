@@ -42,7 +42,32 @@ pub enum Protocol {
 /// assert_eq!(outputs.read::<Option<String>>("missing").unwrap(), None);
 /// ```
 #[derive(Clone, Default)]
-pub struct Literals(Vec<(String, Slot)>);
+pub struct Literals(Vec<(Name, Slot)>);
+
+/// A literal's name: built in Rust, or a slice of the request it came in, so that a request's
+/// inputs are named without a copy (an allocation) each.
+#[derive(Clone)]
+enum Name {
+    Owned(String),
+    /// A slice of the request holding UTF-8: made only by [`Name::received`], from a `&str`.
+    Received(Bytes),
+}
+
+impl Name {
+    /// `name`, a `&str` within `raw`, as a slice of `raw`.
+    fn received(raw: &Bytes, name: &str) -> Self {
+        Name::Received(raw.slice_ref(name.as_bytes()))
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Owned(name) => name,
+            // SAFETY: made by `Name::received` from the bytes of a `&str`, and `Bytes` are
+            // immutable.
+            Name::Received(name) => unsafe { std::str::from_utf8_unchecked(name) },
+        }
+    }
+}
 
 /// One literal of [`Literals`]: built in Rust, or encoded as it came (decoded when first read).
 #[derive(Clone)]
@@ -149,7 +174,7 @@ impl Literals {
     }
 
     fn slot(&self, name: &str) -> Option<&Slot> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+        self.0.iter().find(|(n, _)| n.as_str() == name).map(|(_, s)| s)
     }
 
     /// The value called `name` as a `T`. A missing name is an error unless `T` is an `Option`;
@@ -200,9 +225,9 @@ impl Literals {
     }
 
     fn put(&mut self, name: String, slot: Slot) {
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
+        match self.0.iter_mut().find(|(n, _)| n.as_str() == name) {
             Some(entry) => entry.1 = slot,
-            None => self.0.push((name, slot)),
+            None => self.0.push((Name::Owned(name), slot)),
         }
     }
 
@@ -251,7 +276,7 @@ impl Literals {
 
     #[cfg(test)]
     pub(crate) fn into_vec(self) -> Vec<(String, Literal)> {
-        self.0.into_iter().map(|(n, s)| (n, s.into_literal())).collect()
+        self.0.into_iter().map(|(n, s)| (n.as_str().to_string(), s.into_literal())).collect()
     }
 
     /// The literals of encoded inputs (a `LiteralMap`, or Flyte 2's `Inputs` when `list`) as
@@ -261,13 +286,13 @@ impl Literals {
         let entries = crate::wire::literal_entries(raw, list, |literal| decodes(literal, IN_INPUTS))?;
         // A map's entries come sorted with repeats removed; a list may repeat a name.
         let entries = if list { last_of_each_name(entries) } else { entries };
-        Some(Self(entries.into_iter().map(|(name, bytes)| (name.to_string(), Slot::encoded(bytes))).collect()))
+        Some(Self(entries.into_iter().map(|(name, bytes)| (Name::received(raw, name), Slot::encoded(bytes))).collect()))
     }
 }
 
 impl From<LiteralMap> for Literals {
     fn from(map: LiteralMap) -> Self {
-        Self(map.literals.into_iter().map(|(n, l)| (n, Slot::Decoded(l))).collect())
+        Self(map.literals.into_iter().map(|(n, l)| (Name::Owned(n), Slot::Decoded(l))).collect())
     }
 }
 
