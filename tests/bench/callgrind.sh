@@ -13,8 +13,9 @@
 # names in a plugin, build it with `CARGO_PROFILE_RELEASE_STRIP=none`.
 # Extra environment for the server (LD_PRELOAD, GLIBC_TUNABLES): SERVER_ENV="A=1 B=2".
 set -euo pipefail
+body="$(realpath "$1")"; path="$2"; plugins="$3"; requests="${4:-20000}"
+[[ "$plugins" == floor ]] || plugins="$(realpath "$plugins")"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-body="$1"; path="$2"; plugins="$3"; requests="${4:-20000}"
 work="$(mktemp -d)"
 out="${5:-${TMPDIR:-/tmp}/agent-host-callgrind.$$.out}"
 target="${CARGO_TARGET_DIR:-target}/release"
@@ -22,7 +23,7 @@ if [[ "$plugins" == floor ]]; then
     cmd=("$target/bench-floor" "${ANSWERS_DIR:?floor needs ANSWERS_DIR}" 127.0.0.1:0)
 else
     printf '[server]\nhost = "127.0.0.1"\nport = 0\nmetrics_port = 0\n[loader]\nplugin_dir = "%s"\nwork_dir = "%s/w"\n[log]\nlevel = "warn"\n' \
-        "$(cd "$plugins" && pwd)" "$work" > "$work/host.toml"
+        "$plugins" "$work" > "$work/host.toml"
     cmd=("$target/agent-host" serve --config "$work/host.toml")
 fi
 # shellcheck disable=SC2086 # SERVER_ENV is a list of assignments
