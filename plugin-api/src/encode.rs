@@ -86,13 +86,10 @@ impl<'a> Encoder<'a> {
         let mut outputs_len = 0;
         if let Some(o) = &r.outputs {
             outputs = o.slots().map(|(n, l)| (n, l, l.encoded_len())).collect();
-            if v1 && !outputs.is_sorted_by(|a, b| a.0 < b.0) {
-                // A map: by name, one entry per name (the last one given, as a map keeps).
-                // (Inputs passed on as outputs come sorted and unique already.)
-                outputs.sort_by(|a, b| a.0.cmp(b.0));
-                outputs.reverse();
-                outputs.dedup_by(|later, earlier| later.0 == earlier.0);
-                outputs.reverse();
+            if v1 {
+                // A map (inputs passed on as outputs are in its order already).
+                let kept = crate::wire::map_order(&mut outputs, |o| o.0);
+                outputs.truncate(kept);
             }
             outputs_len = outputs.iter().map(|&(n, _, l)| len_field(1, entry_len(v1, n, l))).sum();
         }

@@ -259,20 +259,49 @@ pub(crate) fn literal_entries(raw: &Bytes, list: bool, check: impl Fn(&[u8]) -> 
         }
         out.push((name, raw.slice_ref(value)));
     }
-    if !list && !out.is_sorted_by(|a, b| a.0 < b.0) {
-        // (Already sorted and unique, as most maps arrive: nothing to do.)
-        // Stable: among equal names the last received stays last, and is the one kept.
-        out.sort_by(|a, b| a.0.cmp(b.0));
-        out.reverse();
-        out.dedup_by(|later, earlier| later.0 == earlier.0);
-        out.reverse();
+    if !list {
+        let kept = map_order(&mut out, |e| e.0);
+        out.truncate(kept);
     }
     Some(out)
+}
+
+/// Puts `entries` in a Flyte 1 map's order: sorted by `name`, one entry per name, the last one
+/// given (as a decoded map keeps it). Returns how many entries to keep, at the front: the
+/// caller truncates. Entries already sorted and unique (a map arrives so) are left as they are.
+pub(crate) fn map_order<T>(entries: &mut [T], name: impl Fn(&T) -> &str) -> usize {
+    if entries.is_sorted_by(|a, b| name(a) < name(b)) {
+        return entries.len();
+    }
+    // Stable: among equal names the last given stays last, and is the one kept.
+    entries.sort_by(|a, b| name(a).cmp(name(b)));
+    let mut kept = 0;
+    for i in 0..entries.len() {
+        if entries.get(i + 1).is_none_or(|next| name(next) != name(&entries[i])) {
+            entries.swap(kept, i);
+            kept += 1;
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn map_order_is_a_maps_order_keeping_the_last_of_each_name() {
+        let mut next = crate::mutate::generator(7);
+        for len in 0..40 {
+            // Names from a small set, so that most lists repeat some; values number the entries.
+            let entries: Vec<(&str, usize)> = (0..len).map(|i| (["a", "b", "c", "", "d"][next(5)], i)).collect();
+            let map: std::collections::BTreeMap<&str, usize> = entries.iter().copied().collect();
+            let mut ordered = entries.clone();
+            let kept = map_order(&mut ordered, |e| e.0);
+            ordered.truncate(kept);
+            assert_eq!(ordered, map.into_iter().collect::<Vec<_>>(), "{entries:?}");
+        }
+    }
     use agent_proto::{agenthost::plugin::v1 as pb, flyteidl::admin, flyteidl2};
 
     /// Requests of each kind read here: parts set and left out, repeated (the later `bytes`
