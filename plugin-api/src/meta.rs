@@ -95,9 +95,14 @@ impl Serialize for Base64Bytes {
             // copies as it is. A string would be scanned a byte at a time for characters to
             // escape, which base64 never has: on a 1 MiB input that scan was 40 % of the call.
             Err(_) if writes_json::<S>() => {
-                let mut json = String::with_capacity(base64::encoded_len(self.0.len(), true).unwrap_or(0) + 2);
+                // Long base64 is written by `base64-simd` (SSSE3/AVX2 or NEON, as the CPU has
+                // them), straight into the string: the `base64` crate took 7.7M instructions for
+                // the megabyte of echo's 1 MiB CreateTask, and its `encode_string` went through
+                // a stack buffer, checked it for UTF-8 and copied it again (BENCHMARKS.md,
+                // twelfth round). A test holds the two crates to the same text.
+                let mut json = String::with_capacity(base64_simd::STANDARD.encoded_length(self.0.len()) + 2);
                 json.push('"');
-                base64::engine::general_purpose::STANDARD.encode_string(&self.0, &mut json);
+                base64_simd::STANDARD.encode_append(&self.0, &mut json);
                 json.push('"');
                 // SAFETY: `json` is one JSON string and nothing else: a quote, characters of
                 // the standard base64 alphabet (letters, digits, `+`, `/`, `=`), none of which
@@ -128,11 +133,9 @@ struct InPieces<'a>(&'a [u8]);
 
 impl std::fmt::Display for InPieces<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use base64::Engine;
         let mut text = [0u8; 4096];
         for piece in self.0.chunks(3072) {
-            let n = base64::engine::general_purpose::STANDARD.encode_slice(piece, &mut text).map_err(|_| std::fmt::Error)?;
-            f.write_str(std::str::from_utf8(&text[..n]).map_err(|_| std::fmt::Error)?)?;
+            f.write_str(base64_simd::STANDARD.encode_as_str(piece, base64_simd::Out::from_slice(&mut text)))?;
         }
         Ok(())
     }
@@ -251,9 +254,36 @@ fn write_envelope<M: Serialize>(version: u32, meta: &M, out: &mut Vec<u8>) -> Re
     out.extend_from_slice(b"{\"meta_version\":");
     serde_json::to_writer(&mut *out, &version)?;
     out.extend_from_slice(b",\"meta\":");
-    serde_json::to_writer(&mut *out, meta)?;
+    serde_json::to_writer(WithRoom(out), meta)?;
     out.push(b'}');
     Ok(())
+}
+
+/// A vector that, when a write does not fit, grows with room for a little more: a `Vec`
+/// grown by one long write (a long base64 string in the meta) is exactly full, and the
+/// envelope's closing brace then moved the whole meta into a buffer twice as large (1.4 MiB
+/// copied on echo's 1 MiB CreateTask).
+struct WithRoom<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for WithRoom<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        /// Enough for what follows a meta's last value: closing brackets and braces.
+        const ROOM: usize = 64;
+        if self.0.capacity() - self.0.len() < bytes.len() {
+            self.0.reserve(bytes.len() + ROOM);
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The meta's JSON in `bytes`, if they are an envelope of format `version` exactly as
@@ -362,6 +392,19 @@ mod tests {
             write_envelope(3, &meta, &mut envelope).unwrap();
             let back: EnvelopeTyped<serde_json::Value> = serde_json::from_slice(&envelope).unwrap();
             assert_eq!(back.meta["inputs"][0][1], text);
+        }
+    }
+
+    #[test]
+    fn a_long_meta_leaves_room_for_the_envelopes_closing_brace() {
+        // One long base64 string fills the buffer to the byte unless the writer leaves room;
+        // the closing brace would then double the buffer, moving the whole meta.
+        for len in [10_000, 1 << 20] {
+            let meta = vec![("x".to_string(), Base64Bytes::from(vec![7u8; len]))];
+            let mut out = Vec::with_capacity(256);
+            write_envelope(2, &meta, &mut out).unwrap();
+            assert!(out.ends_with(b"\"]]}"), "{len}");
+            assert!(out.capacity() < out.len() + 4096, "{len} bytes: {} bytes of room", out.capacity() - out.len());
         }
     }
 

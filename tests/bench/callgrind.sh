@@ -8,7 +8,7 @@
 # BODY_FILE: a gRPC-framed request (compare.sh's `--bodies-dir`, or compare.py's work
 # directory). PLUGIN_DIR: the plugins agent-host serves (e.g. target/release/bench/echo-dir);
 # `floor` runs the floor instead, answering from ANSWERS_DIR (compare.py's answers). The first
-# 2,000 requests warm up and are not counted. Prints the total and the count per request; the
+# 2,000 requests (WARMUP) warm up and are not counted. Prints the total and the count per request; the
 # profile is left in OUT_FILE.1 for `callgrind_annotate --inclusive=yes OUT_FILE.1`. For function
 # names in a plugin, build it with `CARGO_PROFILE_RELEASE_STRIP=none`.
 # Extra environment for the server (LD_PRELOAD, GLIBC_TUNABLES): SERVER_ENV="A=1 B=2".
@@ -41,8 +41,9 @@ addr="$(grep -o 'grpc=[^ ]*' "$work/stdout" | head -1 | cut -d= -f2)"
 [[ -n "$addr" ]] || { cat "$work/stderr" >&2; echo "the server did not start" >&2; exit 1; }
 h2() { h2load -c 1 -t 1 -m 64 --data "$body" -H 'content-type: application/grpc' -H 'te: trailers' "$@" "http://$addr$path"; }
 check() { grep -q "$1 succeeded, 0 failed, 0 errored" || { echo "requests failed (see h2load above)" >&2; exit 1; }; }
-h2 -n 2000 | tee "$work/warm" | grep -E "^requests:" >&2
-check 2000 < "$work/warm"
+warmup="${WARMUP:-2000}"
+h2 -n "$warmup" | tee "$work/warm" | grep -E "^requests:" >&2
+check "$warmup" < "$work/warm"
 callgrind_control -z "$pid" > /dev/null
 h2 -n "$requests" | tee "$work/run" | grep -E "^requests:" >&2
 check "$requests" < "$work/run"
