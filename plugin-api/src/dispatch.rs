@@ -13,6 +13,7 @@ use prost::Message;
 
 use crate::{
     context::Shared,
+    encode::Answer,
     flyte::{admin, core},
     json,
     meta::{self, STORED_RESULT},
@@ -24,7 +25,7 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// One agent, its types erased, as the plugin's runtime drives it.
 pub(crate) trait Dispatch: Send + Sync {
-    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Vec<u8>, AgentError>>;
+    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Answer, AgentError>>;
     fn logs(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<LogStream, AgentError>>;
 }
 
@@ -208,7 +209,7 @@ fn logs_query(request: Bytes) -> Result<(Bytes, LogsQuery), AgentError> {
 pub(crate) struct AsyncAdapter<A>(pub A);
 
 impl<A: AsyncAgent> Dispatch for AsyncAdapter<A> {
-    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Vec<u8>, AgentError>> {
+    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Answer, AgentError>> {
         Box::pin(async move {
             let agent = &self.0;
             match method {
@@ -216,7 +217,7 @@ impl<A: AsyncAgent> Dispatch for AsyncAdapter<A> {
                     let (ctx, task) = task_request(&shared, method, request)?;
                     match agent.create(&ctx, task).await {
                         Ok(m) => crate::encode::create_response(|out| meta::encode_into::<A>(&m, out)),
-                        Err(e) => Ok(encode_stored(job_failure(e)?)),
+                        Err(e) => Ok(encode_stored(job_failure(e)?).into()),
                     }
                 }
                 method::V1_GET | method::V2_GET => {
@@ -225,19 +226,19 @@ impl<A: AsyncAgent> Dispatch for AsyncAdapter<A> {
                         Some(resource) => resource?,
                         None => agent.get(&ctx, meta::decode::<A>(&m)?).await.or_else(job_failure)?,
                     };
-                    Ok(encode_get(ctx.protocol(), resource))
+                    Ok(encode_get(ctx.protocol(), resource).into())
                 }
                 method::V1_DELETE | method::V2_DELETE => {
                     let (ctx, m) = meta_request(&shared, method, request)?;
                     if stored(&m).is_none() {
                         agent.delete(&ctx, meta::decode::<A>(&m)?).await?;
                     }
-                    Ok(Vec::new())
+                    Ok(Answer::default())
                 }
                 method::V1_METRICS | method::V2_METRICS => {
                     let ctx = Context::new(shared.clone(), protocol_of(method));
                     let (m, query) = metrics_query(request)?;
-                    Ok(encode_metrics(agent.metrics(&ctx, decode_started::<A>(&m)?, query).await?))
+                    Ok(encode_metrics(agent.metrics(&ctx, decode_started::<A>(&m)?, query).await?).into())
                 }
                 method::V1_EXECUTE => {
                     Err(AgentError::invalid(format!("{} is an asynchronous agent: call CreateTask, not ExecuteTaskSync", A::NAME)))
@@ -284,26 +285,26 @@ impl<S: SyncAgent> SyncAdapter<S> {
 }
 
 impl<S: SyncAgent> Dispatch for SyncAdapter<S> {
-    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Vec<u8>, AgentError>> {
+    fn call(self: Arc<Self>, shared: Arc<Shared>, method: u32, request: Bytes) -> BoxFuture<Result<Answer, AgentError>> {
         Box::pin(async move {
             match method {
                 method::V1_EXECUTE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
-                    Ok(crate::encode::execute_response(&self.execute(&ctx, task).await?))
+                    Ok(crate::encode::execute_response(&self.execute(&ctx, task).await?).into())
                 }
                 method::V1_CREATE | method::V2_CREATE => {
                     let (ctx, task) = task_request(&shared, method, request)?;
-                    Ok(encode_stored(self.execute(&ctx, task).await?))
+                    Ok(encode_stored(self.execute(&ctx, task).await?).into())
                 }
                 method::V1_GET | method::V2_GET => {
                     let (ctx, m) = meta_request(&shared, method, request)?;
                     match stored(&m) {
-                        Some(resource) => Ok(encode_get(ctx.protocol(), resource?)),
+                        Some(resource) => Ok(encode_get(ctx.protocol(), resource?).into()),
                         None => Err(AgentError::precondition(format!("resource meta was not written by {}", S::NAME))),
                     }
                 }
                 // Nothing runs after `execute` returned: deleting is always done.
-                method::V1_DELETE | method::V2_DELETE => Ok(Vec::new()),
+                method::V1_DELETE | method::V2_DELETE => Ok(Answer::default()),
                 method::V1_METRICS | method::V2_METRICS => Err(AgentError::unimplemented(format!("{} does not report metrics", S::NAME))),
                 other => Err(AgentError::unimplemented(format!("method {other} is not served by {}", S::NAME))),
             }

@@ -290,11 +290,45 @@ pub(crate) fn create_response_stored(prefix: &[u8], r: &Resource) -> Vec<u8> {
     buf
 }
 
+/// An encoded answer, as the plugin hands it to the host: the bytes of `buf` from `start` on.
+/// Bytes before `start` are room that an answer written before its length was known
+/// ([`create_response`]) did not need.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Answer {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Answer {
+    /// The buffer, to trim before the host takes it (see `ffi::without_slack`).
+    pub(crate) fn buffer_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// The answer's bytes in a vector of their own (tests and the local harness).
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
+}
+
+impl From<Vec<u8>> for Answer {
+    fn from(buf: Vec<u8>) -> Self {
+        Self { buf, start: 0 }
+    }
+}
+
+impl AsRef<[u8]> for Answer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
 /// `CreateTaskResponse { bytes resource_meta = 1; }` around the bytes `write` appends, in one
 /// buffer: room for the field's key and length is kept in front, and what the length did not
-/// need is cut off once it is known (a short move, where a second buffer would cost an
-/// allocation and a copy of the whole).
-pub(crate) fn create_response<E>(write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Vec<u8>, E> {
+/// need is left unused in front of the answer. (Moving the answer to the front instead moved
+/// the whole 1.4 MiB meta of echo's 1 MiB CreateTask, 1.4M instructions of its 5.9M.)
+pub(crate) fn create_response<E>(write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Answer, E> {
     // A key of field 1 and the longest varint.
     const ROOM: usize = 1 + 10;
     let mut buf = Vec::with_capacity(256);
@@ -304,14 +338,13 @@ pub(crate) fn create_response<E>(write: impl FnOnce(&mut Vec<u8>) -> Result<(), 
     if meta == 0 {
         // Proto3 leaves an empty field out.
         buf.clear();
-        return Ok(buf);
+        return Ok(buf.into());
     }
     let start = ROOM - (len_field(1, meta) - meta);
     let mut head = &mut buf[start..ROOM];
     put_len_into(1, meta, &mut head);
     debug_assert!(head.is_empty(), "the key and length fill the room kept for them");
-    buf.drain(..start);
-    Ok(buf)
+    Ok(Answer { buf, start })
 }
 
 fn put_len_into(tag: u32, len: usize, buf: &mut &mut [u8]) {
@@ -454,7 +487,8 @@ mod tests {
             })
             .unwrap();
             let prost = admin::CreateTaskResponse { resource_meta: meta.into() }.encode_to_vec();
-            assert_eq!(ours, prost, "a resource meta of {len} bytes");
+            assert_eq!(ours.as_ref(), prost, "a resource meta of {len} bytes");
+            assert_eq!(ours.into_vec(), prost, "a resource meta of {len} bytes, in a vector of its own");
         }
         let refused = create_response(|buf| {
             buf.push(1);

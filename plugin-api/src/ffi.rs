@@ -29,6 +29,7 @@ use prost::Message;
 use crate::{
     context::Shared,
     dispatch::{encode_log_body, encode_log_header, AsyncAdapter, BoxFuture, Dispatch, SyncAdapter},
+    encode::Answer,
     flyte::admin::TaskCategory,
     AgentError, AsyncAgent, Context, ErrorKind, LogStream, Protocol, SyncAgent,
 };
@@ -308,10 +309,11 @@ impl<T: Send + 'static> std::future::Future for Call<T> {
 /// `realloc` keeps the block where it is (or remaps its pages), so nothing is copied. Measured
 /// on echo's 1 MiB CreateTask at 64 streams (its 1.4 MiB answers had 2 MiB buffers): the host's
 /// peak RSS went from 138–143 to 120–133 MiB (BENCHMARKS.md, ninth round).
-fn without_slack(mut answer: Vec<u8>) -> Vec<u8> {
+fn without_slack(mut answer: Answer) -> Answer {
     const LARGE: usize = 64 * 1024;
-    if answer.capacity() > LARGE && answer.capacity() - answer.len() > answer.len() / 8 {
-        answer.shrink_to_fit();
+    let buf = answer.buffer_mut();
+    if buf.capacity() > LARGE && buf.capacity() - buf.len() > buf.len() / 8 {
+        buf.shrink_to_fit();
     }
     answer
 }
@@ -451,15 +453,16 @@ mod tests {
         let mut grown = Vec::with_capacity(2 << 20);
         grown.resize((1 << 20) + 300_000, 7u8);
         let len = grown.len();
-        let cut = without_slack(grown);
-        assert_eq!(cut.len(), len);
+        let mut cut = without_slack(grown.into());
+        assert_eq!(cut.as_ref().len(), len);
+        assert!(cut.as_ref().iter().all(|&b| b == 7), "the contents are kept");
+        let cut = cut.buffer_mut();
         assert!(cut.capacity() - len <= len / 8, "capacity {} for {len} bytes", cut.capacity());
-        assert!(cut.iter().all(|&b| b == 7), "the contents are kept");
         let mut small = Vec::with_capacity(4096);
         small.push(1u8);
-        assert_eq!(without_slack(small).capacity(), 4096, "small answers are not worth a realloc");
+        assert_eq!(without_slack(small.into()).buffer_mut().capacity(), 4096, "small answers are not worth a realloc");
         let mut snug = Vec::with_capacity(200_000);
         snug.resize(190_000, 0u8);
-        assert_eq!(without_slack(snug).capacity(), 200_000, "little room to spare is left as it is");
+        assert_eq!(without_slack(snug.into()).buffer_mut().capacity(), 200_000, "little room to spare is left as it is");
     }
 }

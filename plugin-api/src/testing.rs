@@ -248,7 +248,7 @@ impl Harness {
 
     fn call(&self, method: u32, request: Vec<u8>) -> Result<Vec<u8>, AgentError> {
         let (agent, shared) = (self.agent.clone(), self.shared.clone());
-        block_on(&self.runtime, agent.call(shared, method, Bytes::from(request)))
+        block_on(&self.runtime, agent.call(shared, method, Bytes::from(request))).map(crate::encode::Answer::into_vec)
     }
 
     fn connection(&self) -> Option<flyteidl2::core::Connection> {
