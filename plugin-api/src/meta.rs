@@ -185,10 +185,20 @@ fn decode_base64(text: &[u8]) -> Result<Vec<u8>, base64::DecodeSliceError> {
             return Ok(bytes);
         }
     }
-    let mut out = vec![0; len];
-    let n = base64::engine::general_purpose::STANDARD.decode_slice(text, &mut out)?;
-    out.truncate(n);
-    Ok(out)
+    // Longer: `base64-simd`, which writes into a vector of exactly the decoded length without
+    // zeroing it first, and refuses what `base64` refuses (a test holds them to the same
+    // verdicts). The 1.4 MiB meta of a GetTask after echo's 1 MiB CreateTask took the `base64`
+    // crate 9.7M instructions, and zeroing its buffer 1.1M (BENCHMARKS.md, twelfth round).
+    match base64_simd::STANDARD.decode_to_vec(text) {
+        Ok(bytes) => Ok(bytes),
+        // The `base64` crate's verdict says what is wrong, and where.
+        Err(_) => {
+            let mut out = vec![0; len];
+            let n = base64::engine::general_purpose::STANDARD.decode_slice(text, &mut out)?;
+            out.truncate(n);
+            Ok(out)
+        }
+    }
 }
 
 /// Up to this many characters, [`decode_short`] is tried first.
@@ -427,10 +437,23 @@ mod tests {
             (0..200usize).map(|len| standard.encode((0..len).map(|i| (i * 31 % 256) as u8).collect::<Vec<_>>())).collect();
         // And what base64 refuses: bad lengths, padding missing, misplaced or extra, stray bits
         // in the last symbol, characters outside the alphabet.
-        texts.extend(
-            ["A", "AB", "ABC", "AB=", "A===", "AB==C", "QQ==QQ==", "QR==", "QUI=QQ", "QUJD=", "Q?==", "QUJD\n", "====", "Q==="]
-                .map(String::from),
-        );
+        let refused = ["A", "AB", "ABC", "AB=", "A===", "AB==C", "QQ==QQ==", "QR==", "QUI=QQ", "QUJD=", "Q?==", "QUJD\n", "====", "Q==="];
+        texts.extend(refused.map(String::from));
+        // The same beyond `SHORT_BASE64` characters (`base64-simd`'s side): after and before a
+        // long valid text, and a long text damaged at each place of a SIMD block and beyond.
+        let long = standard.encode((0..300usize).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>());
+        for bad in refused.iter().chain(&["QQ", "QUI", "=", " ", "-_", "é"]) {
+            texts.push(format!("{long}{bad}"));
+            texts.push(format!("{bad}{long}"));
+        }
+        for at in (0..70).chain([199, 200, 398, 399]) {
+            for stranger in ["-", "=", "\n", "?"] {
+                let mut damaged = long.clone();
+                damaged.replace_range(at..at + 1, stranger);
+                texts.push(damaged);
+            }
+        }
+        texts.extend([1000usize, 4099, 100_000].map(|len| standard.encode((0..len).map(|i| (i * 131 % 256) as u8).collect::<Vec<_>>())));
         for text in texts {
             let expected = standard.decode(&text).ok();
             // Borrowed from the input, copied out of an escaped string, and from a `Value`.
