@@ -85,14 +85,22 @@ impl From<Bytes> for Base64Bytes {
 impl Serialize for Base64Bytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine;
+        // Written into a meta by the SDK (`encode_into`): its formatter writes the base64
+        // straight from these bytes into the meta's buffer.
+        if writes_meta::<S>() {
+            BASE64_NEXT.set(true);
+            let written = s.serialize_bytes(&self.0);
+            BASE64_NEXT.set(false);
+            return written;
+        }
         // Up to 768 bytes (most metas): encoded on the stack, then handed over as one string
         // (`collect_str` takes a string piece by piece through `fmt`, several times slower for
         // short ones).
         let mut text = [0u8; 1024];
         match base64::engine::general_purpose::STANDARD.encode_slice(&self.0, &mut text) {
             Ok(n) => s.serialize_str(std::str::from_utf8(&text[..n]).map_err(serde::ser::Error::custom)?),
-            // Longer, to serde_json (as the SDK writes metas): as a raw value, which serde_json
-            // copies as it is. A string would be scanned a byte at a time for characters to
+            // Longer, to serde_json (an agent writing JSON itself; the SDK's metas took the
+            // formatter's path above): as a raw value, which serde_json copies as it is. A string would be scanned a byte at a time for characters to
             // escape, which base64 never has: on a 1 MiB input that scan was 40 % of the call.
             Err(_) if writes_json::<S>() => {
                 // Long base64 is written by `base64-simd` (SSSE3/AVX2 or NEON, as the CPU has
@@ -264,9 +272,110 @@ fn write_envelope<M: Serialize>(version: u32, meta: &M, out: &mut Vec<u8>) -> Re
     out.extend_from_slice(b"{\"meta_version\":");
     serde_json::to_writer(&mut *out, &version)?;
     out.extend_from_slice(b",\"meta\":");
-    serde_json::to_writer(WithRoom(out), meta)?;
+    meta.serialize(&mut serde_json::Serializer::with_formatter(NoWriter, MetaFormatter { out: &mut *out }))?;
     out.push(b'}');
     Ok(())
+}
+
+/// The serializer's writer while it writes a meta: nothing, since [`MetaFormatter`] writes
+/// every token into the meta's buffer itself. A write here would be a token lost, so it fails
+/// the serialization (and the tests) instead.
+struct NoWriter;
+
+impl std::io::Write for NoWriter {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("agent-plugin-api: serde_json wrote past MetaFormatter (a Formatter method it does not forward)"))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// serde_json's compact formatter, writing into the meta's buffer (with room to spare, see
+/// [`WithRoom`]) rather than into the serializer's writer, and writing bytes
+/// ([`Base64Bytes`], through `serialize_bytes`) as a base64 string. The formatter is the one
+/// place serde_json lets bytes be written some other way than as an array of numbers; holding
+/// the buffer lets it encode them straight from the agent's bytes into the meta, without the
+/// string of base64 that went between: 1.4M instructions of echo's 1 MiB CreateTask's 6.0M
+/// (BENCHMARKS.md, twelfth round). Every other token is the compact formatter's (a test holds
+/// a meta of every kind of value to serde_json's own bytes).
+struct MetaFormatter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+/// The writer argument every [`serde_json::ser::Formatter`] method takes and `MetaFormatter`
+/// ignores (it is the serializer's [`NoWriter`]).
+macro_rules! forward {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[inline]
+        fn $name<W: ?Sized + std::io::Write>(&mut self, _: &mut W $(, $arg: $ty)*) -> std::io::Result<()> {
+            serde_json::ser::CompactFormatter.$name(&mut WithRoom(self.out) $(, $arg)*)
+        }
+    )*};
+}
+
+impl serde_json::ser::Formatter for MetaFormatter<'_> {
+    forward! {
+        write_null();
+        write_bool(value: bool);
+        write_i8(value: i8);
+        write_i16(value: i16);
+        write_i32(value: i32);
+        write_i64(value: i64);
+        write_i128(value: i128);
+        write_u8(value: u8);
+        write_u16(value: u16);
+        write_u32(value: u32);
+        write_u64(value: u64);
+        write_u128(value: u128);
+        write_f32(value: f32);
+        write_f64(value: f64);
+        write_number_str(value: &str);
+        begin_string();
+        end_string();
+        write_string_fragment(fragment: &str);
+        write_char_escape(char_escape: serde_json::ser::CharEscape);
+        begin_array();
+        end_array();
+        begin_array_value(first: bool);
+        end_array_value();
+        begin_object();
+        end_object();
+        begin_object_key(first: bool);
+        end_object_key();
+        begin_object_value();
+        end_object_value();
+        write_raw_fragment(fragment: &str);
+    }
+
+    fn write_byte_array<W: ?Sized + std::io::Write>(&mut self, _: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+        if !BASE64_NEXT.replace(false) {
+            // Bytes of another type (`serde_bytes`, say): serde_json's array of numbers, as
+            // the agent's type has always been written.
+            return serde_json::ser::CompactFormatter.write_byte_array(&mut WithRoom(self.out), bytes);
+        }
+        let text = base64_simd::STANDARD.encoded_length(bytes.len());
+        if self.out.capacity() - self.out.len() < text + 2 {
+            grow_with_room(self.out, text + 2);
+        }
+        self.out.push(b'"');
+        base64_simd::STANDARD.encode_append(bytes, self.out);
+        self.out.push(b'"');
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Set by [`Base64Bytes`] around its `serialize_bytes`: the bytes [`MetaFormatter`] is about
+    /// to write are base64 ones. Any other bytes keep serde_json's form.
+    static BASE64_NEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether `S` is the serializer [`write_envelope`] writes a meta with, whose formatter
+/// writes [`Base64Bytes`] as base64.
+fn writes_meta<S>() -> bool {
+    std::any::type_name::<S>() == std::any::type_name::<&mut serde_json::Serializer<NoWriter, MetaFormatter<'static>>>()
 }
 
 /// A vector that, when a write does not fit, grows with room for a little more: a `Vec`
@@ -569,6 +678,58 @@ mod tests {
         let trailing = br#"{"meta_version":2,"meta":{},"extra":1}"#;
         assert_eq!(current_meta(trailing, 2), Some(&br#"{},"extra":1"#[..]));
         assert!(serde_json::from_slice::<serde_json::Value>(current_meta(trailing, 2).unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_envelope_is_what_serde_json_writes_for_every_kind_of_value() {
+        // Every token serde_json's formatter writes, through `MetaFormatter`'s forwards.
+        struct OtherBytes(&'static [u8]);
+        impl Serialize for OtherBytes {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        #[derive(Serialize)]
+        struct Every {
+            unit: (),
+            none: Option<u8>,
+            yes: bool,
+            no: bool,
+            ints: (i8, i16, i32, i64, i128),
+            uints: (u8, u16, u32, u64, u128),
+            floats: (f32, f64, f64, f64),
+            text: &'static str,
+            chars: char,
+            map: std::collections::BTreeMap<u32, Vec<Option<&'static str>>>,
+            empty: (Vec<u8>, std::collections::BTreeMap<String, ()>),
+            raw: Box<serde_json::value::RawValue>,
+            value: serde_json::Value,
+            other_bytes: OtherBytes,
+            base64: Vec<Base64Bytes>,
+        }
+        let every = Every {
+            unit: (),
+            none: None,
+            yes: true,
+            no: false,
+            ints: (i8::MIN, -300, i32::MIN, i64::MIN, i128::MIN),
+            uints: (u8::MAX, 65_535, u32::MAX, u64::MAX, u128::MAX),
+            floats: (1.5, -0.0, f64::NAN, 1e300),
+            text: "\u{0}\u{1f}\"\\/\u{7f}\u{e9}\u{1f600}\n\r\t\u{8}\u{c}",
+            chars: '\u{2028}',
+            map: [(3, vec![Some("a"), None]), (10, vec![])].into(),
+            empty: (vec![], Default::default()),
+            raw: serde_json::value::RawValue::from_string(r#"{"k": [1, 2]}"#.into()).unwrap(),
+            value: serde_json::json!({"a": [1.25, "b", null, {"c": false}]}),
+            other_bytes: OtherBytes(&[0, 1, 255]),
+            base64: vec![Base64Bytes::default(), vec![1, 2, 3].into(), vec![9; 2000].into()],
+        };
+        assert!(writes_meta::<&mut serde_json::Serializer<NoWriter, MetaFormatter<'_>>>());
+        assert!(!writes_meta::<&mut serde_json::Serializer<Vec<u8>>>());
+        let mut ours = Vec::new();
+        write_envelope(4, &every, &mut ours).unwrap();
+        let theirs = serde_json::to_vec(&EnvelopeOut { meta_version: 4, meta: &every }).unwrap();
+        assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
     }
 
     #[test]
