@@ -100,8 +100,9 @@ impl Serialize for Base64Bytes {
         match base64::engine::general_purpose::STANDARD.encode_slice(&self.0, &mut text) {
             Ok(n) => s.serialize_str(std::str::from_utf8(&text[..n]).map_err(serde::ser::Error::custom)?),
             // Longer, to serde_json (an agent writing JSON itself; the SDK's metas took the
-            // formatter's path above): as a raw value, which serde_json copies as it is. A string would be scanned a byte at a time for characters to
-            // escape, which base64 never has: on a 1 MiB input that scan was 40 % of the call.
+            // formatter's path above): as a raw value, which serde_json copies as it is. A
+            // string would be scanned a byte at a time for characters to escape, which base64
+            // never has: on a 1 MiB input that scan was 40 % of the call.
             Err(_) if writes_json::<S>() => {
                 // Long base64 is written by `base64-simd` (SSSE3/AVX2 or NEON, as the CPU has
                 // them), straight into the string: the `base64` crate took 7.7M instructions for
@@ -304,8 +305,9 @@ struct MetaFormatter<'a> {
     out: &'a mut Vec<u8>,
 }
 
-/// The writer argument every [`serde_json::ser::Formatter`] method takes and `MetaFormatter`
-/// ignores (it is the serializer's [`NoWriter`]).
+/// [`serde_json::ser::Formatter`] methods of `MetaFormatter`, forwarded to serde_json's compact
+/// formatter writing into the meta's buffer. The writer they are given (the serializer's
+/// [`NoWriter`]) is ignored.
 macro_rules! forward {
     ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
         #[inline]
