@@ -64,7 +64,8 @@ impl SyncAgent for Chat {
 
     fn new(ctx: &Context) -> Result<Self, AgentError> {
         let config: Config = ctx.config()?;
-        let client = reqwest::Client::builder()
+        let client = agent_plugin_http::builder()
+            .map_err(|e| AgentError::invalid(format!("cannot build the HTTP client: {e}")))?
             .user_agent(concat!("agent-host-chat/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::try_from_secs_f64(config.timeout_sec.max(0.0)).unwrap_or(Duration::MAX))
             .build()

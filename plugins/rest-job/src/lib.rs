@@ -231,7 +231,8 @@ impl AsyncAgent for RestJob {
 
     fn new(ctx: &Context) -> Result<Self, AgentError> {
         let config: Config = ctx.config()?;
-        let client = reqwest::Client::builder()
+        let client = agent_plugin_http::builder()
+            .map_err(|e| AgentError::invalid(format!("cannot build the HTTP client: {e}")))?
             .user_agent(concat!("agent-host-rest-job/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -60,9 +60,11 @@ impl SyncAgent for Webhook {
 }
 
 /// The HTTP client every call shares: no redirects followed (httpx's default, which flytekit
-/// uses), rustls with the webpki roots.
+/// uses), trusting what flytekit trusts (Mozilla's roots, or `SSL_CERT_FILE` / `SSL_CERT_DIR`:
+/// see `agent_plugin_http`).
 pub fn client() -> Result<reqwest::Client, AgentError> {
-    reqwest::Client::builder()
+    agent_plugin_http::builder()
+        .map_err(|e| AgentError::invalid(format!("cannot build the HTTP client: {e}")))?
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("agent-host-webhook/", env!("CARGO_PKG_VERSION")))
         .build()
