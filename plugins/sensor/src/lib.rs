@@ -40,8 +40,10 @@ pub struct SensorMeta {
 }
 
 /// Runs flytekit's sensors natively.
-#[derive(Debug)]
-pub struct Sensor;
+#[derive(Debug, Default)]
+pub struct Sensor {
+    stores: Stores,
+}
 
 fn served() -> String {
     SENSORS.iter().map(|(module, name)| format!("{module}.{name}")).collect::<Vec<_>>().join(", ")
@@ -54,7 +56,7 @@ impl AsyncAgent for Sensor {
     type Meta = SensorMeta;
 
     fn new(_ctx: &Context) -> Result<Self, AgentError> {
-        Ok(Self)
+        Ok(Self::default())
     }
 
     async fn create(&self, _ctx: &Context, task: TaskRequest) -> Result<SensorMeta, AgentError> {
@@ -77,7 +79,7 @@ impl AsyncAgent for Sensor {
 
     async fn get(&self, _ctx: &Context, meta: SensorMeta) -> Result<Resource, AgentError> {
         let path = meta.inputs.get("path").and_then(|p| p.as_str()).unwrap_or_default();
-        Ok(if file_exists(path).await? { Resource::succeeded(Literals::new()) } else { Resource::running() })
+        Ok(if self.stores.file_exists(path).await? { Resource::succeeded(Literals::new()) } else { Resource::running() })
     }
 
     async fn delete(&self, _ctx: &Context, _meta: SensorMeta) -> Result<(), AgentError> {
@@ -86,67 +88,103 @@ impl AsyncAgent for Sensor {
     }
 }
 
-/// FileSensor's `poke`: whether `path` exists (a file or a directory). Local paths and
-/// `file://` URIs are checked on this machine; object-store URIs through `object_store`
-/// (see [`remote_exists`]).
-pub async fn file_exists(path: &str) -> Result<bool, AgentError> {
-    let local = match path.split_once("://") {
-        None => path,
-        Some(("file", rest)) => rest,
-        Some(_) => return remote_exists(path).await,
-    };
-    match tokio::fs::try_exists(local).await {
-        Ok(exists) => Ok(exists),
-        Err(e) => {
-            // fsspec's exists() answers False when the path cannot be looked at.
-            tracing::warn!(path = local, error = %e, "FileSensor: cannot check the path; reporting it absent");
-            Ok(false)
+/// The object stores the polls have used, one per bucket (scheme and authority of the URI), so
+/// that each poll reuses the store's client and its open connections, as fsspec reuses its
+/// filesystems for flytekit. A fresh store per poll cost a new connection and TLS handshake
+/// each time, and reading the system's root certificates (about 300 file operations, 3-5 ms).
+#[derive(Debug, Default)]
+pub struct Stores(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<dyn object_store::ObjectStore>>>);
+
+/// At most this many buckets' stores are kept; past it, all are dropped and built again as the
+/// polls need them.
+const MAX_STORES: usize = 64;
+
+impl Stores {
+    /// FileSensor's `poke`: whether `path` exists (a file or a directory). Local paths and
+    /// `file://` URIs are checked on this machine; object-store URIs through `object_store`
+    /// (see [`Stores::remote_exists`]).
+    pub async fn file_exists(&self, path: &str) -> Result<bool, AgentError> {
+        let local = match path.split_once("://") {
+            None => path,
+            Some(("file", rest)) => rest,
+            Some(_) => return self.remote_exists(path).await,
+        };
+        match tokio::fs::try_exists(local).await {
+            Ok(exists) => Ok(exists),
+            Err(e) => {
+                // fsspec's exists() answers False when the path cannot be looked at.
+                tracing::warn!(path = local, error = %e, "FileSensor: cannot check the path; reporting it absent");
+                Ok(false)
+            }
         }
     }
-}
 
-/// Whether an object-store path exists: an object, or a "directory" (a prefix with objects
-/// under it), as fsspec's `exists` answers for s3fs, gcsfs and adlfs.
-///
-/// * `s3://bucket/key` (also `s3a://`): credentials and settings from the environment, as the
-///   AWS SDKs read them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
-///   `AWS_ENDPOINT` for S3-compatible stores such as MinIO, `AWS_ALLOW_HTTP`; web identity and
-///   instance metadata when no keys are set).
-/// * `gs://bucket/key` (also `gcs://`): `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS`
-///   or the instance's service account.
-/// * `abfs://container@account.dfs.core.windows.net/key` (also `abfss://`, `az://`, `adl://`,
-///   `azure://`): `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, workload identity…
-///
-/// A store that cannot be reached or refuses the credentials fails the call (Flyte asks again,
-/// and fails the task after repeated errors); a path that is not a valid URI fails the task.
-pub async fn remote_exists(uri: &str) -> Result<bool, AgentError> {
-    use object_store::{aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder, path::Path, ObjectStore};
-
-    let (scheme, rest) = uri.split_once("://").unwrap_or_default();
-    let invalid = |e: &dyn std::fmt::Display| AgentError::permanent(format!("FileSensor: cannot use {uri}: {e}"));
-    let store: Box<dyn ObjectStore> = match scheme {
-        "s3" | "s3a" => Box::new(AmazonS3Builder::from_env().with_url(uri).build().map_err(|e| invalid(&e))?),
-        "gs" | "gcs" => Box::new(GoogleCloudStorageBuilder::from_env().with_url(uri).build().map_err(|e| invalid(&e))?),
-        "abfs" | "abfss" | "az" | "adl" | "azure" => {
-            Box::new(MicrosoftAzureBuilder::from_env().with_url(uri).build().map_err(|e| invalid(&e))?)
-        }
-        other => {
-            return Err(AgentError::permanent(format!(
-                "FileSensor: {other}:// paths are not supported (local paths, file://, s3://, gs://, abfs:// are): {uri}"
-            )))
-        }
-    };
-    let key = rest.split_once('/').map(|(_, key)| key.trim_end_matches('/')).unwrap_or_default();
-    let path = Path::parse(key).map_err(|e| invalid(&e))?;
-    let unreachable = |e: object_store::Error| AgentError::new(format!("FileSensor: cannot check {uri}: {e}"));
-    match store.head(&path).await {
-        Ok(_) => return Ok(true),
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(unreachable(e)),
+    /// Number of stores kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
-    // Not an object: a "directory" exists when something is under it.
-    let listing = store.list_with_delimiter(Some(&path)).await.map_err(unreachable)?;
-    Ok(!listing.objects.is_empty() || !listing.common_prefixes.is_empty())
+
+    /// No store kept yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether an object-store path exists: an object, or a "directory" (a prefix with objects
+    /// under it), as fsspec's `exists` answers for s3fs, gcsfs and adlfs.
+    ///
+    /// * `s3://bucket/key` (also `s3a://`): credentials and settings from the environment, as the
+    ///   AWS SDKs read them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    ///   `AWS_ENDPOINT` for S3-compatible stores such as MinIO, `AWS_ALLOW_HTTP`; web identity and
+    ///   instance metadata when no keys are set).
+    /// * `gs://bucket/key` (also `gcs://`): `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS`
+    ///   or the instance's service account.
+    /// * `abfs://container@account.dfs.core.windows.net/key` (also `abfss://`, `az://`, `adl://`,
+    ///   `azure://`): `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, workload identity…
+    ///
+    /// A store that cannot be reached or refuses the credentials fails the call (Flyte asks again,
+    /// and fails the task after repeated errors); a path that is not a valid URI fails the task.
+    pub async fn remote_exists(&self, uri: &str) -> Result<bool, AgentError> {
+        use object_store::{aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder, path::Path, ObjectStore};
+        use std::sync::Arc;
+
+        let (scheme, rest) = uri.split_once("://").unwrap_or_default();
+        let invalid = |e: &dyn std::fmt::Display| AgentError::permanent(format!("FileSensor: cannot use {uri}: {e}"));
+        let (bucket, key) = rest.split_once('/').map_or((rest, ""), |(bucket, key)| (bucket, key.trim_end_matches('/')));
+        let cached = format!("{scheme}://{bucket}");
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&cached).cloned();
+        let store = match kept {
+            Some(store) => store,
+            None => {
+                let store: Arc<dyn ObjectStore> = match scheme {
+                    "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(uri).build().map_err(|e| invalid(&e))?),
+                    "gs" | "gcs" => Arc::new(GoogleCloudStorageBuilder::from_env().with_url(uri).build().map_err(|e| invalid(&e))?),
+                    "abfs" | "abfss" | "az" | "adl" | "azure" => {
+                        Arc::new(MicrosoftAzureBuilder::from_env().with_url(uri).build().map_err(|e| invalid(&e))?)
+                    }
+                    other => {
+                        return Err(AgentError::permanent(format!(
+                            "FileSensor: {other}:// paths are not supported (local paths, file://, s3://, gs://, abfs:// are): {uri}"
+                        )))
+                    }
+                };
+                let mut stores = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                if stores.len() >= MAX_STORES {
+                    stores.clear();
+                }
+                stores.entry(cached).or_insert(store).clone()
+            }
+        };
+        let path = Path::parse(key).map_err(|e| invalid(&e))?;
+        let unreachable = |e: object_store::Error| AgentError::new(format!("FileSensor: cannot check {uri}: {e}"));
+        match store.head(&path).await {
+            Ok(_) => return Ok(true),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(unreachable(e)),
+        }
+        // Not an object: a "directory" exists when something is under it.
+        let listing = store.list_with_delimiter(Some(&path)).await.map_err(unreachable)?;
+        Ok(!listing.objects.is_empty() || !listing.common_prefixes.is_empty())
+    }
 }
 
 agent_plugin_api::export_plugin!(name: "sensor", agents: [async Sensor]);

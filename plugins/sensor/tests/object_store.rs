@@ -5,7 +5,10 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
 };
 
 use agent_plugin_api::{serde_json::json, testing::Harness, Context, Phase, TaskRequest};
@@ -14,11 +17,15 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
     Router,
 };
 use sensor_plugin::Sensor;
 
 type Objects = Arc<Mutex<BTreeSet<String>>>;
+
+/// Connections the stand-in accepted.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 async fn head_object(State(objects): State<Objects>, Path((_bucket, key)): Path<(String, String)>) -> Response {
     if objects.lock().unwrap().contains(&key) {
@@ -65,6 +72,9 @@ fn s3() -> &'static (SocketAddr, Objects) {
                 let app = Router::new().route("/{bucket}", get(list_objects)).route("/{bucket}/{*key}", get(head_object)).with_state(state);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
+                let listener = listener.tap_io(|_| {
+                    CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+                });
                 axum::serve(listener, app).await.unwrap();
             });
         });
@@ -82,12 +92,15 @@ fn s3() -> &'static (SocketAddr, Objects) {
     })
 }
 
-fn poll(path: &str) -> Phase {
-    let task = TaskRequest::new("sensor")
+fn file_sensor(path: &str) -> TaskRequest {
+    TaskRequest::new("sensor")
         .with_custom(json!({"sensor_module": "flytekit.sensor.file_sensor", "sensor_name": "FileSensor"}))
-        .with_input("path", path);
+        .with_input("path", path)
+}
+
+fn poll(path: &str) -> Phase {
     let h = Harness::for_async::<Sensor>(Context::for_tests(json!({}))).unwrap();
-    let job = h.create(task).unwrap();
+    let job = h.create(file_sensor(path)).unwrap();
     h.get(&job).unwrap().phase
 }
 
@@ -99,4 +112,17 @@ fn s3_objects_and_prefixes_are_found_and_missing_ones_wait() {
     assert_eq!(poll("s3://bucket/incoming/ready.csv"), Phase::Succeeded, "an object");
     assert_eq!(poll("s3://bucket/incoming/"), Phase::Succeeded, "a prefix with objects under it");
     assert_eq!(poll("s3://bucket/outgoing"), Phase::Running, "an empty prefix");
+
+    // One agent polling one bucket keeps its store, and with it the connection: flytekit's
+    // s3fs does the same (fsspec keeps its filesystems). A store per poll opened a connection
+    // (and, on https, a TLS session) each time.
+    let h = Harness::for_async::<Sensor>(Context::for_tests(json!({}))).unwrap();
+    let (ready, waiting) =
+        (h.create(file_sensor("s3://bucket/incoming/ready.csv")).unwrap(), h.create(file_sensor("s3://bucket/later")).unwrap());
+    let before = CONNECTIONS.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(h.get(&ready).unwrap().phase, Phase::Succeeded);
+        assert_eq!(h.get(&waiting).unwrap().phase, Phase::Running);
+    }
+    assert_eq!(CONNECTIONS.load(Ordering::SeqCst) - before, 1, "ten polls (fifteen requests) of one bucket, one connection");
 }
