@@ -63,7 +63,8 @@ LABEL org.opencontainers.image.title="agent-host" \
       org.opencontainers.image.description="Flyte agent (connector) server running agents as native plugins" \
       org.opencontainers.image.licenses="Apache-2.0" \
       agent-host.rust-toolchain="${RUST_VERSION}"
-# ca-certificates: plugins calling HTTPS services need the system roots.
+# ca-certificates: the system roots, for the sensor's object stores and for plugins that use them
+#   (the webhook, rest-job and chat agents carry Mozilla's roots; deploy/OPERATIONS.md 9.1).
 # tini: PID 1 that forwards SIGTERM/SIGHUP to the host and reaps processes a plugin may leave
 #   behind (the host itself spawns `agent-host check` children and waits for them).
 # The slim image already has what operators use through `kubectl`: sh, tar (kubectl cp), mv.
