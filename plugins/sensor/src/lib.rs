@@ -119,16 +119,6 @@ impl Stores {
         }
     }
 
-    /// Number of stores kept.
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// No store kept yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Whether an object-store path exists: an object, or a "directory" (a prefix with objects
     /// under it), as fsspec's `exists` answers for s3fs, gcsfs and adlfs.
     ///
