@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub keepalive_timeout_ms: u64,
     /// Maximum connection age, in ms (0: unlimited).
     pub max_connection_age_ms: u64,
+    /// Answers ready together on one connection go out in one write ([`crate::batching`]).
+    pub batch_writes: bool,
     /// TLS on the gRPC port (absent: plaintext h2c).
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
