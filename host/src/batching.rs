@@ -5,8 +5,8 @@
 //! the task that just ran next (its "LIFO slot"), so with many calls in flight on one
 //! connection (FlytePropeller multiplexes its calls on one), the connection's task ran after
 //! each answer and wrote it alone: one `writev`, and one pass through the kernel's TCP send
-//! path, per answer. `tests/bench/threads.sh` counted 0.99 per call, a third of the server's
-//! CPU time per call.
+//! path, per answer. `tests/bench/threads.sh` counted 1.00 per call at 64 streams, a quarter
+//! to a third of the server's CPU time per call.
 //!
 //! [`Batched`] sits between h2 and the socket and counts the HTTP/2 frames that pass: the
 //! streams the client opened, and the streams whose end has been written. A write that does not
