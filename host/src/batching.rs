@@ -88,10 +88,12 @@ impl Wake for Deferred {
 }
 
 impl<T> Batched<T> {
-    pub fn new(io: T) -> Self {
+    /// `io` with its writes batched, or (`enabled` false: `server.batch_writes = false`) passed
+    /// through as they come.
+    pub fn new(io: T, enabled: bool) -> Self {
         Self {
             io,
-            read: Frames::after_preface(),
+            read: if enabled { Frames::after_preface() } else { Frames { off: true, ..Frames::default() } },
             written: Frames::default(),
             ahead: Frames::default(),
             ahead_len: 0,
@@ -166,6 +168,9 @@ impl<T> Batched<T> {
     }
 
     fn count_written(&mut self, bufs: &[IoSlice<'_>], mut n: usize) {
+        if self.read.off {
+            return;
+        }
         if n == self.ahead_len {
             // All of the offer that was read ahead: its frames are known.
             self.written = self.ahead.clone();
@@ -269,7 +274,8 @@ struct Frames {
     have: usize,
     /// Payload bytes to skip.
     skip: usize,
-    /// Not HTTP/2 (the preface did not match): nothing is counted, nothing waits.
+    /// Not HTTP/2 (the preface did not match), or batching is off: nothing is counted, nothing
+    /// waits.
     off: bool,
 }
 
@@ -393,6 +399,10 @@ mod tests {
 
     /// A connection on which the client opened `streams` streams.
     async fn opened(streams: u32) -> Batched<Recorder> {
+        opened_with(streams, true).await
+    }
+
+    async fn opened_with(streams: u32, enabled: bool) -> Batched<Recorder> {
         use tokio::io::AsyncReadExt;
         let mut input = PREFACE.to_vec();
         for s in 0..streams {
@@ -400,10 +410,12 @@ mod tests {
             input.extend(frame(DATA, END_STREAM, 2 * s + 1, 100));
         }
         let len = input.len();
-        let mut io = Batched::new(Recorder { input, ..Recorder::default() });
+        let mut io = Batched::new(Recorder { input, ..Recorder::default() }, enabled);
         let mut sink = vec![0; len];
         io.read_exact(&mut sink).await.unwrap();
-        assert_eq!(io.open_streams(), streams as u64);
+        if enabled {
+            assert_eq!(io.open_streams(), streams as u64);
+        }
         io
     }
 
@@ -461,6 +473,13 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn turned_off_every_write_goes_out_at_once() {
+        let mut io = opened_with(3, false).await;
+        assert!(poll_write_once(&mut io, &answer(1)).0.is_ready());
+        assert_eq!(io.get_ref().writes, vec![answer(1)]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_long_write_goes_out_at_once() {
         let mut io = opened(2).await;
         let mut long = frame(HEADERS, 0x4, 1, 20);
@@ -511,7 +530,7 @@ mod tests {
     async fn calls_through_batched(calls: usize) {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let server = tokio::spawn(async move {
-            let mut conn = h2::server::handshake(Batched::new(server_io)).await.unwrap();
+            let mut conn = h2::server::handshake(Batched::new(server_io, true)).await.unwrap();
             while let Some(Ok((_request, mut respond))) = conn.accept().await {
                 // As hyper sends an answer: the headers, the body once the connection has
                 // given the stream room for it, then the trailers.

@@ -292,28 +292,21 @@ pub async fn run(
     let stop_accepting = async move {
         let _ = accepting_stopped.await;
     };
+    let batch_writes = server_cfg.batch_writes;
     let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         // TCP_NODELAY, as `Server::serve` would set: tonic ignores its `tcp_nodelay` with a
         // caller's listener, and with Nagle on, small answers wait for the peer's delayed ACK
         // (a p99 of ~40 ms on loopback; measured in BENCHMARKS.md).
-        None if !server_cfg.batch_writes => Box::pin(builder.serve_with_incoming_shutdown(
-            router,
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            stop_accepting,
-        )),
         None => Box::pin(builder.serve_with_incoming_shutdown(
             router,
-            tokio_stream::StreamExt::map(tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)), |io| {
-                io.map(batching::Batched::new)
+            tokio_stream::StreamExt::map(tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)), move |io| {
+                io.map(|io| batching::Batched::new(io, batch_writes))
             }),
             stop_accepting,
         )),
-        Some(tls) if !server_cfg.batch_writes => {
-            Box::pin(builder.serve_with_incoming_shutdown(router, tls::incoming(grpc, tls), stop_accepting))
-        }
         Some(tls) => Box::pin(builder.serve_with_incoming_shutdown(
             router,
-            tokio_stream::StreamExt::map(tls::incoming(grpc, tls), |io| io.map(batching::Batched::new)),
+            tokio_stream::StreamExt::map(tls::incoming(grpc, tls), move |io| io.map(|io| batching::Batched::new(io, batch_writes))),
             stop_accepting,
         )),
     };
